@@ -1,0 +1,1 @@
+"""Object stores: the ObjectStore seam and its implementations."""
