@@ -63,8 +63,8 @@ class Settings:
     def bucket_domain_map(self) -> dict[str, str]:
         """Parse :attr:`bucket_domains` into ``{host: bucket}``."""
         out: dict[str, str] = {}
-        for item in self.bucket_domains.split(","):
-            item = item.strip()
+        for raw in self.bucket_domains.split(","):
+            item = raw.strip()
             if not item:
                 continue
             host, sep, bucket = item.partition("=")
