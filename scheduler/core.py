@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from dora.errors import DoraError
 from dora.registry import Registry
 from dora.scheduler.provider import (
     Network,
@@ -29,8 +30,6 @@ from dora.scheduler.provider import (
     TaskState,
     TaskStatus,
 )
-
-from dora.errors import DoraError
 
 log = logging.getLogger("dora.scheduler")
 
@@ -189,8 +188,18 @@ class Scheduler:
 
     async def wait_running(self, name: str, count: int) -> None:
         """Wait until ``count`` instances of ``name`` are RUNNING (callers bound the wait)."""
+        await self.wait_until(lambda: self.running(name) >= count)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds after some event (callers bound the wait)."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.running(name) >= count)
+            await self._changed.wait_for(predicate)
+
+    def task_ids(self, name: str) -> list[str]:
+        return list(self._services[name].tasks)
+
+    def restarts(self, name: str) -> int:
+        return self._services[name].restarts
 
     def running(self, name: str) -> int:
         return sum(1 for s in self._services[name].tasks.values() if s == TaskState.RUNNING)

@@ -20,6 +20,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from dora.errors import BadRequest
 from dora.scheduler.provider import (
     Offer,
     OffersEvent,
@@ -29,8 +30,6 @@ from dora.scheduler.provider import (
     TaskState,
     TaskStatus,
 )
-
-from dora.errors import BadRequest
 
 log = logging.getLogger("dora.scheduler.local")
 
@@ -241,7 +240,9 @@ class LocalProvider:
 
     def pid_of(self, task_id: str) -> int | None:
         task = self._tasks.get(task_id)
-        return task.proc.pid if task else None
+        if task is None or task.proc.returncode is not None:
+            return None
+        return task.proc.pid
 
     async def reconcile(self) -> None:
         for task_id, task in list(self._tasks.items()):

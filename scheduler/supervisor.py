@@ -20,14 +20,13 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from dora.config import Limits, Settings
+from dora.keys import ensure_keys
 from dora.scheduler.core import Scheduler, ServiceSpec
 from dora.scheduler.embedded_registry import EmbeddedRegistry
 from dora.scheduler.local import LocalProvider
 from dora.scheduler.provider import Resources
 from dora.workers.registry import ConsulRegistry
-
-from dora.config import Limits, Settings
-from dora.keys import ensure_keys
 
 log = logging.getLogger("dora.serve")
 
