@@ -1,0 +1,690 @@
+"""LocalStore: buckets as directories on the local file system (the default store).
+
+Layout under ``root`` (a single file system, so renames are atomic)::
+
+    <bucket>/<key path>          the object's bytes, one file per key
+    .meta/<bucket>/<key path>    its metadata (JSON), a parallel tree
+    .tmp/                        files being written
+    .locks/NN                    flock stripes serialising commits per key
+
+Bucket names cannot start with a dot, so the internal trees never collide
+with a bucket and no key is reserved.
+
+A put streams into a temporary file (hashing and sniffing on the way), fsyncs
+it, then, holding the key's lock stripe, renames the data and then the
+metadata into place. The metadata records the data file's identity (inode,
+size, mtime), so a reader can tell whether both belong together; if not (it
+raced a commit, or a crash fell between the two renames) it retries under
+the lock, and rebuilds the metadata from the bytes if still needed. Readers
+therefore never see a half-written object nor metadata of other bytes.
+
+The local file system cannot hold both ``a`` and ``a/b``: such a put is
+``FileExists``. All file I/O runs in threads, one bounded chunk at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import stat as statmod
+import time
+import types
+import uuid
+import zlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from dora.config import Limits
+from dora.errors import BadRequest, FileExists, NotFound, PayloadTooLarge, ServiceUnavailable
+from dora.etag import EtagHasher
+from dora.mime import SNIFF_BYTES, sniff_mime
+from dora.storage.base import DEFAULT_CHUNK, MAX_CHUNK, MAX_LIST_LIMIT, ByteStream, ObjectMeta
+from dora.storage.keys import is_valid_key, validate_bucket, validate_key
+
+T = TypeVar("T")
+
+LOCK_STRIPES = 64
+STALE_TEMP_SECONDS = 3600.0  # a temp file idle this long belongs to a dead writer
+WRITE_BATCH = 256 * 1024  # coalesce small incoming chunks into one thread hop
+MAX_MIME_LENGTH = 255
+MAX_META_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectPaths:
+    """Where one object's bytes and metadata live."""
+
+    bucket: str
+    key: str
+    bucket_dir: Path
+    meta_dir: Path
+    data: Path
+    meta: Path
+
+
+async def finish_in_thread(
+    fn: Callable[..., T], *args: Any, abandon: Callable[[T], None] | None = None
+) -> T:
+    """Run ``fn`` in a thread; if cancelled meanwhile, wait for it, then re-raise.
+
+    A thread cannot be interrupted, so cleanup after a cancellation must not
+    start before the thread is done with the file it works on. ``abandon``
+    releases a result nobody will receive (an open file, say).
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        if not task.cancelled() and task.exception() is None and abandon is not None:
+            abandon(task.result())
+        raise cancelled
+    return task.result()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames and creations inside ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prune_empty_dirs(start: Path, stop: Path) -> None:
+    """Remove ``start`` and its parents while empty, never ``stop`` or above."""
+    current = start
+    while current != stop and current.is_relative_to(stop):
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        current = current.parent
+
+
+def write_file_atomically(tmp_dir: Path, target: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temp file, fsync it, rename it onto ``target``."""
+    temp = tmp_dir / f"{uuid.uuid4().hex}.meta"
+    try:
+        with open(temp, "xb") as out:
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.replace(temp, target)
+        except IsADirectoryError:  # an empty folder left by a crash; a full one raises
+            os.rmdir(target)
+            os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def read_meta_doc(path: Path) -> dict[str, Any] | None:
+    """A metadata document, or None if missing or unreadable (to be rebuilt)."""
+    try:
+        with open(path, "rb") as source:
+            raw = source.read(MAX_META_BYTES)
+        doc = json.loads(raw)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        return None
+    for name, kind in _META_FIELDS.items():
+        if not isinstance(doc.get(name), kind):
+            return None
+    return doc
+
+
+_META_FIELDS: dict[str, type] = {
+    "size": int,
+    "mime": str,
+    "hash": str,
+    "put_time_ns": int,
+    "ino": int,
+    "mtime_ns": int,
+}
+
+
+class TempObject:
+    """A temporary file being filled, hashed and sniffed; used from threads."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.path = tmp_dir / f"{uuid.uuid4().hex}.part"
+        self._file: io.BufferedWriter | None = None
+        self._hasher = EtagHasher()
+        self._head = bytearray()
+
+    @property
+    def size(self) -> int:
+        return self._hasher.size
+
+    def _opened(self) -> io.BufferedWriter:
+        if self._file is None:  # opened lazily so that no I/O happens on the event loop
+            self._file = open(self.path, "xb")  # noqa: SIM115 - closed by seal/discard
+        return self._file
+
+    def write(self, chunk: bytes) -> None:
+        self._opened().write(chunk)
+        self._hasher.update(chunk)
+        if len(self._head) < SNIFF_BYTES:
+            self._head += chunk[: SNIFF_BYTES - len(self._head)]
+
+    def seal(self) -> os.stat_result:
+        """Flush to disk and close; the file's identity, for the metadata."""
+        file = self._opened()
+        file.flush()
+        os.fsync(file.fileno())
+        st = os.fstat(file.fileno())
+        file.close()
+        return st
+
+    def etag(self) -> str:
+        return self._hasher.digest()
+
+    def sniff(self, key: str) -> str:
+        return sniff_mime(bytes(self._head), key, complete=self.size <= len(self._head))
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def hash_file(path: Path, key: str) -> tuple[str, str]:
+    """The etag and sniffed MIME type of a file, read in bounded chunks."""
+    hasher = EtagHasher()
+    head = b""
+    with open(path, "rb") as source:
+        while chunk := source.read(1024 * 1024):
+            if not head:
+                head = chunk[:SNIFF_BYTES]
+            hasher.update(chunk)
+    return hasher.digest(), sniff_mime(head, key, complete=hasher.size <= len(head))
+
+
+class FileChunks(AsyncIterator[bytes]):
+    """Bytes ``start..stop`` (inclusive) of an open file, in bounded chunks."""
+
+    def __init__(self, file: io.FileIO, start: int, stop: int, chunk: int) -> None:
+        self._file: io.FileIO | None = file
+        self._pos = start
+        self._stop = stop
+        self._chunk = chunk
+        self._reading = False
+
+    def __aiter__(self) -> FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        file = self._file
+        if file is None or self._pos > self._stop:
+            await self.aclose()
+            raise StopAsyncIteration
+        size = min(self._chunk, self._stop - self._pos + 1)
+        self._reading = True
+        try:
+            data = await finish_in_thread(os.pread, file.fileno(), size, self._pos)
+        finally:
+            self._reading = False
+            if self._file is None:  # closed while we read: close now that no thread uses it
+                file.close()
+        if not data:  # the file shrank under us (only if edited by hand)
+            await self.aclose()
+            raise StopAsyncIteration
+        self._pos += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        """Close the file; harmless if already closed."""
+        file, self._file = self._file, None
+        if file is not None and not self._reading:
+            file.close()
+
+
+def _close_loaded(loaded: tuple[ObjectMeta, io.FileIO | None]) -> None:
+    if loaded[1] is not None:
+        loaded[1].close()
+
+
+class LocalStore:
+    """An :class:`~dora.storage.base.ObjectStore` on a local directory tree."""
+
+    def __init__(self, root: Path, limits: Limits) -> None:
+        self._root = Path(root).absolute()
+        self._limits = limits
+        self._tmp_dir = self._root / ".tmp"
+        self._lock_dir = self._root / ".locks"
+        self._meta_root = self._root / ".meta"
+        self._ready = False
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Create the directory layout and sweep temp files of dead writers."""
+        await self._ensure_ready()
+        return self
+
+    async def close(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _ensure_ready(self) -> None:
+        if self._closed:
+            raise ServiceUnavailable("object store is closed")
+        if not self._ready:
+            await asyncio.to_thread(self._prepare)
+            self._ready = True
+
+    def _prepare(self) -> None:
+        for directory in (self._root, self._tmp_dir, self._lock_dir, self._meta_root):
+            directory.mkdir(parents=True, exist_ok=True)
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        with os.scandir(self._tmp_dir) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+    # -- paths and locks ----------------------------------------------------
+
+    def _paths(self, bucket: str, key: str) -> ObjectPaths:
+        validate_bucket(bucket)
+        validate_key(key, self._limits.max_key_bytes)
+        segments = key.split("/")
+        paths = ObjectPaths(
+            bucket=bucket,
+            key=key,
+            bucket_dir=self._root / bucket,
+            meta_dir=self._meta_root / bucket,
+            data=self._root.joinpath(bucket, *segments),
+            meta=self._meta_root.joinpath(bucket, *segments),
+        )
+        # Validation already rules out escapes; this keeps it true if rules change.
+        if not paths.data.parent.is_relative_to(paths.bucket_dir):
+            raise BadRequest(f"key {key!r} escapes its bucket")
+        return paths
+
+    @contextlib.contextmanager
+    def _locked(self, paths: ObjectPaths) -> Iterator[None]:
+        # zlib.crc32, unlike hash(), is the same in every process sharing the root.
+        stripe = zlib.crc32(f"{paths.bucket}/{paths.key}".encode()) % LOCK_STRIPES
+        fd = os.open(self._lock_dir / f"{stripe:02d}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _assert_within(path: Path, directory: Path) -> None:
+        """Refuse paths that symbolic links lead out of ``directory``."""
+        real, real_dir = os.path.realpath(path), os.path.realpath(directory)
+        if os.path.commonpath((real, real_dir)) != real_dir:
+            raise BadRequest(f"path of {path.name!r} leads outside its bucket")
+
+    def local_path(self, bucket: str, key: str) -> Path | None:
+        """The object's file (no I/O; it may be missing or replaced when read)."""
+        return self._paths(bucket, key).data
+
+    # -- reads --------------------------------------------------------------
+
+    async def stat(self, bucket: str, key: str) -> ObjectMeta:
+        await self._ensure_ready()
+        meta, _ = await asyncio.to_thread(self._load, self._paths(bucket, key), False)
+        return meta
+
+    async def get(
+        self, bucket: str, key: str, *, max_bytes: int | None = None
+    ) -> tuple[ObjectMeta, bytes]:
+        """The whole object. ``max_bytes`` None sets no bound beyond the upload limit."""
+        await self._ensure_ready()
+        return await asyncio.to_thread(self._get_sync, self._paths(bucket, key), max_bytes)
+
+    def _get_sync(self, paths: ObjectPaths, max_bytes: int | None) -> tuple[ObjectMeta, bytes]:
+        meta, file = self._load(paths, True)
+        assert file is not None
+        with file:
+            if max_bytes is not None and meta.size > max_bytes:
+                raise PayloadTooLarge(
+                    f"{paths.key!r} is {meta.size} bytes; the limit here is {max_bytes} bytes"
+                )
+            parts = []
+            remaining = meta.size
+            while remaining > 0:  # one read() may return less than asked
+                part = file.read(remaining)
+                if not part:
+                    break
+                parts.append(part)
+                remaining -= len(part)
+        return meta, b"".join(parts) if len(parts) != 1 else parts[0]
+
+    async def open_range(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        chunk: int = DEFAULT_CHUNK,
+    ) -> tuple[ObjectMeta, ByteStream]:
+        await self._ensure_ready()
+        if start < 0 or (end is not None and end < start):
+            raise BadRequest(f"invalid byte range {start}-{'' if end is None else end}")
+        if chunk < 1:
+            raise BadRequest(f"chunk size must be positive, not {chunk}")
+        meta, file = await finish_in_thread(
+            self._load, self._paths(bucket, key), True, abandon=_close_loaded
+        )
+        assert file is not None
+        last = meta.size - 1
+        if start > last and not (start == 0 and meta.size == 0):
+            file.close()
+            raise BadRequest(f"range start {start} is beyond the object's last byte ({last})")
+        stop = last if end is None else min(end, last)
+        return meta, FileChunks(file, start, stop, min(chunk, MAX_CHUNK))
+
+    def _load(self, paths: ObjectPaths, want_file: bool) -> tuple[ObjectMeta, io.FileIO | None]:
+        """Metadata matching the data file (and that file, open, if wanted)."""
+        if not paths.bucket_dir.is_dir():
+            raise NotFound("no such bucket")
+        loaded = self._try_load(paths, want_file, repair=False)
+        if loaded is None:  # raced a commit or found crash leftovers: settle it under the lock
+            with self._locked(paths):
+                loaded = self._try_load(paths, want_file, repair=True)
+        assert loaded is not None
+        return loaded
+
+    def _try_load(
+        self, paths: ObjectPaths, want_file: bool, *, repair: bool
+    ) -> tuple[ObjectMeta, io.FileIO | None] | None:
+        file = None
+        try:
+            if want_file:
+                file = open(paths.data, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
+                st = os.fstat(file.fileno())
+            else:
+                st = os.stat(paths.data)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise NotFound(f"no such key: {paths.key!r}") from exc
+        try:
+            if not statmod.S_ISREG(st.st_mode):
+                raise NotFound(f"no such key: {paths.key!r}")
+            self._assert_within(paths.data, paths.bucket_dir)
+            doc = read_meta_doc(paths.meta)
+            if doc is not None and (doc["ino"], doc["size"], doc["mtime_ns"]) == (
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+            ):
+                return self._meta_from_doc(paths, doc), file
+            if not repair:
+                if file is not None:
+                    file.close()
+                return None
+            return self._rebuild_meta(paths, st), file
+        except BaseException:
+            if file is not None:
+                file.close()
+            raise
+
+    def _rebuild_meta(self, paths: ObjectPaths, st: os.stat_result) -> ObjectMeta:
+        """Recompute metadata from the bytes (files placed by hand, crash leftovers)."""
+        etag, mime = hash_file(paths.data, paths.key)
+        doc = self._meta_doc(st, st.st_size, mime, etag, st.st_mtime_ns)
+        self._write_meta(paths, doc)
+        return self._meta_from_doc(paths, doc)
+
+    @staticmethod
+    def _meta_doc(
+        st: os.stat_result, size: int, mime: str, etag: str, put_time_ns: int
+    ) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "size": size,
+            "mime": mime,
+            "hash": etag,
+            "put_time_ns": put_time_ns,
+            "ino": st.st_ino,
+            "mtime_ns": st.st_mtime_ns,
+        }
+
+    @staticmethod
+    def _meta_from_doc(paths: ObjectPaths, doc: dict[str, Any]) -> ObjectMeta:
+        return ObjectMeta(
+            bucket=paths.bucket,
+            key=paths.key,
+            size=doc["size"],
+            mime=doc["mime"],
+            hash=doc["hash"],
+            mtime=doc["put_time_ns"] / 1e9,
+            put_time_ns=doc["put_time_ns"],
+        )
+
+    def _write_meta(self, paths: ObjectPaths, doc: dict[str, Any]) -> None:
+        payload = json.dumps(doc, separators=(",", ":")).encode()
+        self._with_parent(
+            paths,
+            paths.meta,
+            lambda: write_file_atomically(self._tmp_dir, paths.meta, payload),
+        )
+
+    # -- writes -------------------------------------------------------------
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        mime: str | None = None,
+        overwrite: bool = True,
+        max_bytes: int | None = None,
+    ) -> ObjectMeta:
+        """Store an object (see :meth:`ObjectStore.put`).
+
+        ``max_bytes`` None means ``Limits.max_upload_bytes``. Once the commit
+        has begun, cancelling the put no longer undoes it.
+        """
+        await self._ensure_ready()
+        paths = self._paths(bucket, key)
+        if mime is not None and (not mime or len(mime) > MAX_MIME_LENGTH or not mime.isprintable()):
+            raise BadRequest(f"invalid MIME type {mime[:64]!r}")
+        limit = self._limits.max_upload_bytes if max_bytes is None else max_bytes
+        too_large = f"object is larger than the limit of {limit} bytes"
+        if isinstance(data, bytes | bytearray | memoryview) and len(data) > limit:
+            raise PayloadTooLarge(too_large)
+        if not overwrite and await asyncio.to_thread(os.path.isfile, paths.data):
+            raise FileExists(f"{bucket}:{key} exists")
+        temp = TempObject(self._tmp_dir)
+        try:
+            if isinstance(data, bytes | bytearray | memoryview):
+                await finish_in_thread(temp.write, bytes(data))
+            else:
+                batch = bytearray()
+                async for chunk in data:
+                    if temp.size + len(batch) + len(chunk) > limit:
+                        raise PayloadTooLarge(too_large)
+                    batch += chunk
+                    if len(batch) >= WRITE_BATCH:
+                        await finish_in_thread(temp.write, bytes(batch))
+                        batch.clear()
+                if batch:
+                    await finish_in_thread(temp.write, bytes(batch))
+            return await finish_in_thread(self._commit, paths, temp, mime, overwrite)
+        except BaseException:
+            with contextlib.suppress(OSError):  # keep the original error
+                await finish_in_thread(temp.discard)
+            raise
+
+    def _commit(
+        self, paths: ObjectPaths, temp: TempObject, mime: str | None, overwrite: bool
+    ) -> ObjectMeta:
+        st = temp.seal()
+        mime = mime or temp.sniff(paths.key)
+        doc = self._meta_doc(st, st.st_size, mime, temp.etag(), time.time_ns())
+        with self._locked(paths):
+            if not overwrite and os.path.isfile(paths.data):
+                raise FileExists(f"{paths.bucket}:{paths.key} exists")
+            self._with_parent(paths, paths.data, lambda: self._replace(temp.path, paths))
+            self._write_meta(paths, doc)
+            fsync_dir(paths.data.parent)
+            fsync_dir(paths.meta.parent)
+        return self._meta_from_doc(paths, doc)
+
+    def _replace(self, source: Path, paths: ObjectPaths) -> None:
+        self._assert_within(paths.data.parent, paths.bucket_dir)
+        try:
+            os.replace(source, paths.data)
+        except IsADirectoryError:
+            try:  # an empty folder left by a crash may go; a folder of objects may not
+                os.rmdir(paths.data)
+            except OSError as exc:
+                raise FileExists(
+                    f"cannot store {paths.key!r}: it is the folder of other keys"
+                ) from exc
+            os.replace(source, paths.data)
+
+    def _with_parent(self, paths: ObjectPaths, target: Path, action: Callable[[], None]) -> None:
+        """Create ``target``'s folders, then act; again if a delete pruned them meanwhile."""
+        for attempt in range(3):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise FileExists(
+                    f"cannot store {paths.key!r}: a leading part of it is an object, "
+                    "and the local store cannot keep both 'a' and 'a/b'"
+                ) from exc
+            try:
+                action()
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await self._ensure_ready()
+        await asyncio.to_thread(self._delete_sync, self._paths(bucket, key))
+
+    def _delete_sync(self, paths: ObjectPaths) -> None:
+        if not paths.bucket_dir.is_dir():
+            raise NotFound("no such bucket")
+        with self._locked(paths):
+            try:
+                st = os.lstat(paths.data)
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                raise NotFound(f"no such key: {paths.key!r}") from exc
+            if not statmod.S_ISREG(st.st_mode):
+                raise NotFound(f"no such key: {paths.key!r}")
+            # Metadata first: data without metadata is repaired, the reverse would linger.
+            paths.meta.unlink(missing_ok=True)
+            paths.data.unlink(missing_ok=True)
+        prune_empty_dirs(paths.data.parent, paths.bucket_dir)
+        prune_empty_dirs(paths.meta.parent, paths.meta_dir)
+
+    # -- buckets and listing ------------------------------------------------
+
+    async def buckets(self) -> builtins.list[str]:
+        await self._ensure_ready()
+        return await asyncio.to_thread(self._buckets_sync)
+
+    def _buckets_sync(self) -> builtins.list[str]:
+        with os.scandir(self._root) as entries:
+            names = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+        valid = []
+        for name in names:
+            with contextlib.suppress(BadRequest):
+                valid.append(validate_bucket(name))
+        return sorted(valid)
+
+    async def create_bucket(self, name: str) -> None:
+        """Create an empty bucket; ``FileExists`` if it already exists."""
+        await self._ensure_ready()
+        validate_bucket(name)
+        await asyncio.to_thread(self._create_bucket_sync, name)
+
+    def _create_bucket_sync(self, name: str) -> None:
+        try:
+            (self._root / name).mkdir()
+        except FileExistsError as exc:
+            raise FileExists(f"bucket {name!r} exists") from exc
+        (self._meta_root / name).mkdir(parents=True, exist_ok=True)
+        fsync_dir(self._root)
+
+    async def list(
+        self, bucket: str, *, prefix: str = "", marker: str = "", limit: int = MAX_LIST_LIMIT
+    ) -> tuple[builtins.list[ObjectMeta], str]:
+        await self._ensure_ready()
+        validate_bucket(bucket)
+        limit = max(1, min(limit, MAX_LIST_LIMIT))
+        return await asyncio.to_thread(self._list_sync, bucket, prefix, marker, limit)
+
+    def _list_sync(
+        self, bucket: str, prefix: str, marker: str, limit: int
+    ) -> tuple[builtins.list[ObjectMeta], str]:
+        bucket_dir = self._root / bucket
+        if not bucket_dir.is_dir():
+            raise NotFound("no such bucket")
+        found: builtins.list[ObjectMeta] = []
+        keys = self._walk(str(bucket_dir), "", prefix, marker)
+        for key in keys:
+            try:
+                found.append(self._load(self._paths(bucket, key), False)[0])
+            except NotFound:  # deleted while we listed
+                continue
+            if len(found) == limit:
+                more = next(keys, None) is not None
+                return found, (found[-1].key if more else "")
+        return found, ""
+
+    def _walk(self, directory: str, base: str, prefix: str, marker: str) -> Iterator[str]:
+        """Keys under ``directory`` in lexical order, starting with prefix, after marker."""
+        try:
+            with os.scandir(directory) as scan:
+                entries = builtins.list(scan)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Sorting a folder as "name/" orders it exactly where its keys sort
+        # among its siblings ("a-c" < "a/b" because "-" < "/").
+        named: builtins.list[tuple[str, str, bool]] = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                named.append((entry.name + "/", entry.path, True))
+            elif entry.is_file(follow_symlinks=False):
+                named.append((entry.name, entry.path, False))
+        named.sort()
+        for name, path, is_dir in named:
+            full = base + name
+            if full > prefix and not full.startswith(prefix):
+                break  # sorted: nothing further can match the prefix
+            if is_dir:
+                if not (full.startswith(prefix) or prefix.startswith(full)):
+                    continue
+                if marker > full and not marker.startswith(full):
+                    continue  # every key in this folder sorts before the marker
+                yield from self._walk(path, full, prefix, marker)
+            elif (
+                full.startswith(prefix)
+                and full > marker
+                and is_valid_key(full, self._limits.max_key_bytes)
+            ):
+                yield full
