@@ -1,4 +1,4 @@
-"""Qiniu's signature schemes: request auth, upload tokens, signed URLs.
+"""Qiniu's credentials and request signatures (QBox and Qiniu).
 
 Every scheme is an HMAC-SHA1 under the secret key, written in URL-safe base64
 and paired with the access key as ``<AK>:<sign>``. They differ in what is
@@ -9,11 +9,9 @@ signed:
 - **Qiniu** (``Authorization: Qiniu <AK>:<sign>``): the method, path and
   query, ``Host``, ``Content-Type``, the sorted ``X-Qiniu-*`` headers, and
   the body unless it is ``application/octet-stream``.
-- **Upload token** ``<AK>:<sign>:<b64 policy>``: the encoded policy JSON.
-- **Private download URL** ``<url>?e=<deadline>&token=<AK>:<sign>``: the URL
-  up to and including ``e=``.
-- **Synchronous saveas** ``...|saveas/<entry>/sign/<AK>:<sign>``:
-  ``<host><path>?<query up to saveas/<entry>>``, without the scheme.
+
+Upload tokens, private download URLs and saveas signatures build on these
+and live in :mod:`dora.tokens`.
 
 The signing texts are byte-for-byte those of the official ``qiniu`` SDK (the
 tests check both directions). Verifiers take the *raw* path and query as they
@@ -26,41 +24,30 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import re
 import secrets
 import string
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import unquote
 
-from dora.b64 import urlsafe_b64decode, urlsafe_b64encode
+from dora.b64 import urlsafe_b64encode
 from dora.errors import BadRequest, Unauthorized
 
 __all__ = [
     "Credentials",
     "KeyRing",
-    "UploadPolicy",
     "access_token",
     "generate_credentials",
-    "make_upload_token",
     "qbox_authorization",
     "qbox_signing_text",
     "qiniu_authorization",
     "qiniu_signing_text",
     "sign",
-    "sign_download_url",
-    "sign_saveas_url",
     "sign_with_data",
     "verify_authorization",
-    "verify_download_url",
     "verify_qbox",
     "verify_qiniu",
-    "verify_saveas_sign",
-    "verify_upload_token",
 ]
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -69,8 +56,6 @@ QINIU_HEADER_PREFIX = "x-qiniu-"
 QINIU_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 # Qiniu's servers reject an X-Qiniu-Date more than 15 minutes off their clock.
 DEFAULT_MAX_CLOCK_SKEW = 15 * 60.0
-# No legitimate token comes near this; refusing early bounds the work done.
-MAX_TOKEN_LENGTH = 64 * 1024
 
 _KEY_ALPHABET = string.ascii_letters + string.digits + "-_"
 _KEY_LENGTH = 40
@@ -157,7 +142,7 @@ def sign_with_data(creds: Credentials, data: bytes | str) -> str:
     return f"{creds.access_key}:{sign(creds.secret_key, encoded)}:{encoded}"
 
 
-def _split_credential(text: str, what: str) -> tuple[str, str]:
+def split_credential(text: str, what: str) -> tuple[str, str]:
     """Split ``<AK>:<sign>``; neither half may be empty or hold another ':'."""
     ak, sep, sig = text.partition(":")
     if not sep or not ak or not sig or ":" in sig:
@@ -165,7 +150,7 @@ def _split_credential(text: str, what: str) -> tuple[str, str]:
     return ak, sig
 
 
-def _check(keyring: KeyRing, ak: str, signed: bytes | str, given_sig: str) -> str:
+def check_signature(keyring: KeyRing, ak: str, signed: bytes | str, given_sig: str) -> str:
     """Raise Unauthorized unless *given_sig* is AK's signature of *signed*."""
     secret = keyring.secret_for(ak)
     if secret is None:
@@ -205,8 +190,8 @@ def verify_qbox(
     scheme, _, credential = header_value.partition(" ")
     if scheme != "QBox":
         raise Unauthorized("malformed Authorization header: want 'QBox <AccessKey>:<Sign>'")
-    ak, sig = _split_credential(credential.strip(), "Authorization header")
-    return _check(keyring, ak, qbox_signing_text(path_and_query, body, content_type), sig)
+    ak, sig = split_credential(credential.strip(), "Authorization header")
+    return check_signature(keyring, ak, qbox_signing_text(path_and_query, body, content_type), sig)
 
 
 # ------------------------------------------------------ Qiniu request auth
@@ -306,9 +291,9 @@ def verify_qiniu(  # noqa: PLR0917 - the positional order mirrors the signed tex
     scheme, _, credential = header_value.partition(" ")
     if scheme != "Qiniu":
         raise Unauthorized("malformed Authorization header: want 'Qiniu <AccessKey>:<Sign>'")
-    ak, sig = _split_credential(credential.strip(), "Authorization header")
+    ak, sig = split_credential(credential.strip(), "Authorization header")
     text = qiniu_signing_text(method, path_and_query, host, content_type, headers, body)
-    _check(keyring, ak, text, sig)
+    check_signature(keyring, ak, text, sig)
     if max_clock_skew is not None:
         _check_qiniu_date(headers, time.time() if now is None else now, max_clock_skew)
     return ak
@@ -344,172 +329,3 @@ def verify_authorization(  # noqa: PLR0917 - the positional order mirrors the si
             now=now,
         )
     raise Unauthorized("unsupported Authorization scheme: want 'QBox' or 'Qiniu'")
-
-
-# ------------------------------------------------------------ upload tokens
-
-
-@dataclass(frozen=True, slots=True)
-class UploadPolicy:
-    """A verified upload token's put policy (Qiniu's field names in comments)."""
-
-    access_key: str
-    scope: str
-    bucket: str
-    key: str | None  # the part of scope after the first ':', None for a bucket scope
-    is_prefix_scope: bool  # isPrefixalScope: the scope key is a prefix
-    deadline: int
-    insert_only: bool  # insertOnly: never overwrite an existing key
-    return_body: str | None
-    return_url: str | None
-    callback_url: str | None
-    callback_body: str | None
-    persistent_ops: str | None
-    persistent_notify_url: str | None
-    persistent_pipeline: str | None
-    fsize_limit: int | None
-    mime_limit: str | None
-    save_key: str | None
-    end_user: str | None
-    raw: dict[str, Any] = field(hash=False, repr=False)
-
-    def allows_key(self, key: str) -> bool:
-        """Whether an upload may store under *key* with this policy."""
-        if self.key is None:
-            return True
-        if self.is_prefix_scope:
-            return key.startswith(self.key)
-        return key == self.key
-
-
-def make_upload_token(creds: Credentials, policy: Mapping[str, Any]) -> str:
-    """``<AK>:<sign>:<b64 policy JSON>``, the JSON written as the SDK writes it."""
-    return sign_with_data(creds, json.dumps(dict(policy), separators=(",", ":")))
-
-
-def _opt_str(raw: Mapping[str, Any], name: str) -> str | None:
-    value = raw.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise Unauthorized(f"bad token: policy field {name!r} must be a string")
-
-
-def _opt_int(raw: Mapping[str, Any], name: str) -> int | None:
-    value = raw.get(name)
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    raise Unauthorized(f"bad token: policy field {name!r} must be an integer")
-
-
-def verify_upload_token(token: str, keyring: KeyRing, now: float | None = None) -> UploadPolicy:
-    """Check an upload token's signature and deadline; return its policy."""
-    if not token:
-        raise Unauthorized("missing upload token")
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise Unauthorized("bad token: too long")
-    parts = token.strip().split(":")
-    if len(parts) != 3 or not all(parts):
-        raise Unauthorized("bad token: want <AccessKey>:<Sign>:<EncodedPutPolicy>")
-    ak, sig, encoded = parts
-    # The signature covers the encoded text, so nothing is parsed before it holds.
-    _check(keyring, ak, encoded, sig)
-    try:
-        raw = json.loads(urlsafe_b64decode(encoded))
-    except (BadRequest, ValueError) as exc:
-        raise Unauthorized("bad token: the put policy is not base64 JSON") from exc
-    if not isinstance(raw, dict):
-        raise Unauthorized("bad token: the put policy is not a JSON object")
-    scope = raw.get("scope")
-    if not isinstance(scope, str) or not scope or scope.startswith(":"):
-        raise Unauthorized("bad token: policy needs a scope 'bucket' or 'bucket:key'")
-    deadline = _opt_int(raw, "deadline")
-    if deadline is None:
-        raise Unauthorized("bad token: policy needs a deadline")
-    if (time.time() if now is None else now) > deadline:
-        raise Unauthorized("expired token")
-    bucket, sep, key = scope.partition(":")
-    fsize_limit = _opt_int(raw, "fsizeLimit")
-    if fsize_limit is not None and fsize_limit < 0:
-        raise Unauthorized("bad token: policy field 'fsizeLimit' must not be negative")
-    return UploadPolicy(
-        access_key=ak,
-        scope=scope,
-        bucket=bucket,
-        key=key if sep else None,
-        is_prefix_scope=_opt_int(raw, "isPrefixalScope") == 1,
-        deadline=deadline,
-        insert_only=bool(_opt_int(raw, "insertOnly")),
-        return_body=_opt_str(raw, "returnBody"),
-        return_url=_opt_str(raw, "returnUrl"),
-        callback_url=_opt_str(raw, "callbackUrl"),
-        callback_body=_opt_str(raw, "callbackBody"),
-        persistent_ops=_opt_str(raw, "persistentOps"),
-        persistent_notify_url=_opt_str(raw, "persistentNotifyUrl"),
-        persistent_pipeline=_opt_str(raw, "persistentPipeline"),
-        fsize_limit=fsize_limit,
-        mime_limit=_opt_str(raw, "mimeLimit"),
-        save_key=_opt_str(raw, "saveKey"),
-        end_user=_opt_str(raw, "endUser"),
-        raw=raw,
-    )
-
-
-# ---------------------------------------------------- private download URLs
-
-_DEADLINE_AT_END = re.compile(r"[?&]e=(\d{1,12})\Z")
-
-
-def sign_download_url(creds: Credentials, url: str, deadline: int) -> str:
-    """``<url>?e=<deadline>&token=<AK>:<sign>`` (``&e=`` when url has a query)."""
-    url_with_e = f"{url}{'&' if '?' in url else '?'}e={int(deadline)}"
-    return f"{url_with_e}&token={access_token(creds, url_with_e)}"
-
-
-def verify_download_url(full_url: str, keyring: KeyRing, now: float | None = None) -> str:
-    """Check a signed download URL (scheme, host, path and query as the client
-    signed them); return the access key.
-
-    ``token`` must be the last query parameter and ``e`` the one before it.
-    """
-    if len(full_url) > MAX_TOKEN_LENGTH:
-        raise Unauthorized("bad token: URL too long")
-    cut = full_url.rfind("&token=")
-    if cut < 0:
-        raise Unauthorized("missing download token")
-    token = full_url[cut + len("&token=") :]
-    if "&" in token:
-        raise Unauthorized("bad token: token must be the last query parameter")
-    ak, sig = _split_credential(unquote(token), "download token")
-    url_with_e = full_url[:cut]
-    # Only the tail can hold "&e=<12 digits>"; looking there keeps the scan short.
-    found = _DEADLINE_AT_END.search(url_with_e[-16:])
-    if found is None:
-        raise Unauthorized("bad token: want e=<deadline> right before token")
-    _check(keyring, ak, url_with_e, sig)
-    if (time.time() if now is None else now) > int(found.group(1)):
-        raise Unauthorized("expired token")
-    return ak
-
-
-# ------------------------------------------------------- synchronous saveas
-
-# saveas/<entry>/sign/<AK>:<sign>, ending the query or followed by '&'.
-_SAVEAS_SIGN = re.compile(r"saveas/[A-Za-z0-9_=%-]+(/sign/([^/:&|]+):([A-Za-z0-9_=%-]+))(?=&|$)")
-
-
-def sign_saveas_url(creds: Credentials, host: str, path: str, query: str) -> str:
-    """*query* (ending in ``saveas/<entry>``) with ``/sign/<AK>:<sign>`` appended."""
-    return f"{query}/sign/{access_token(creds, f'{host}{path}?{query}')}"
-
-
-def verify_saveas_sign(host: str, path: str, query: str, keyring: KeyRing) -> None:
-    """Check the ``/sign/<AK>:<sign>`` after a synchronous ``saveas/<entry>``.
-
-    The signed text is ``<host><path>?<query up to saveas/<entry>>``, no scheme.
-    """
-    matches = list(_SAVEAS_SIGN.finditer(query))
-    if not matches:
-        raise Unauthorized("saveas needs a signature: append /sign/<AccessKey>:<Sign>")
-    last = matches[-1]
-    ak, sig = unquote(last.group(2)), unquote(last.group(3))
-    _check(keyring, ak, f"{host}{path}?{query[: last.start(1)]}", sig)

@@ -78,8 +78,8 @@ async def _put(url: str, token: str, path: Path, key: str) -> tuple[int, str]:
 
 
 def cmd_put(args: argparse.Namespace) -> int:
-    from dora.auth import make_upload_token  # noqa: PLC0415
     from dora.keys import ensure_keys  # noqa: PLC0415
+    from dora.tokens import make_upload_token  # noqa: PLC0415
 
     settings = _settings(args)
     path = Path(args.file)

@@ -18,27 +18,29 @@ from qiniu.auth import QiniuMacRequestsAuth, RequestsAuth
 from dora.auth import (
     Credentials,
     KeyRing,
-    UploadPolicy,
     access_token,
     generate_credentials,
-    make_upload_token,
     qbox_authorization,
     qbox_signing_text,
     qiniu_authorization,
     qiniu_signing_text,
     sign,
-    sign_download_url,
-    sign_saveas_url,
     sign_with_data,
     verify_authorization,
-    verify_download_url,
     verify_qbox,
     verify_qiniu,
-    verify_saveas_sign,
-    verify_upload_token,
 )
 from dora.b64 import encode_entry, urlsafe_b64encode
 from dora.errors import BadRequest, Unauthorized
+from dora.tokens import (
+    UploadPolicy,
+    make_upload_token,
+    sign_download_url,
+    sign_saveas_url,
+    verify_download_url,
+    verify_saveas_sign,
+    verify_upload_token,
+)
 
 CREDS = Credentials("MY_ACCESS_KEY", "MY_SECRET_KEY")
 OTHER = Credentials("OTHER_ACCESS_KEY", "OTHER_SECRET_KEY")
