@@ -10,6 +10,7 @@ at the edge (``raise BadRequest(...) from exc``)::
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── Conflict (409)                 contradicts the current state
     ├── PayloadTooLarge (413)
     ├── TooManyRequests (429)
     ├── ServiceUnavailable (503)
@@ -72,6 +73,13 @@ class NotFound(DoraError):
     default_message = "no such file or directory"
 
 
+class Conflict(DoraError):
+    """The request contradicts the current state (a pipeline exists, a job is busy)."""
+
+    status = 409
+    default_message = "conflict"
+
+
 class PayloadTooLarge(DoraError):
     status = 413
     default_message = "request entity too large"
@@ -110,6 +118,7 @@ _BY_STATUS: dict[int, type[DoraError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        Conflict,
         PayloadTooLarge,
         TooManyRequests,
         ServiceUnavailable,

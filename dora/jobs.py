@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from dora.errors import BadRequest, DoraError
+from dora.errors import BadRequest, Conflict
 from dora.storage.keys import validate_bucket, validate_key
 
 __all__ = [
@@ -58,13 +58,6 @@ _DEFAULT_ALIASES = frozenset({"", DEFAULT_PIPELINE, "0.default"})
 PIPELINE_NAME_RULE = "1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
 _PIPELINE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
-
-
-class Conflict(DoraError):
-    """The request contradicts the current state (HTTP 409)."""
-
-    status = 409
-    default_message = "conflict"
 
 
 class LeaseLost(Conflict):
