@@ -1,1 +1,0 @@
-"""Benchmarks: run on demand, never as part of the test suite."""
