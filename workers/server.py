@@ -1,0 +1,282 @@
+"""The builtin worker process: an RPC server around the builtin op chain.
+
+``python -P -m dora.workers.server --host 127.0.0.1 --port 0 --registry
+127.0.0.1:8500 --datacenter dc1 --threads 2 --data-dir DIR`` listens on the
+host network, registers as service ``dora-builtin`` with a TTL check, and
+prints ``READY <port>`` on stdout once it is listening and registered.
+
+Each TCP connection is persistent and carries many calls at once (see
+:mod:`dora.rpc`); answers go back as calls finish, matched by id. A malformed
+or oversized frame closes that connection (after an ``id: 0`` error answer
+when it can), never the worker. SIGTERM or SIGINT drains: the check fails so
+clients look elsewhere, new calls get 503, calls in flight finish (for at most
+``shutdown_grace`` seconds), then the instance deregisters and the process
+exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import uvloop
+
+from dora.config import Limits, Settings, load_settings
+from dora.errors import DoraError, ProcessingFailed
+from dora.registry import Instance
+from dora.rpc import (
+    CONNECTION_ID,
+    FrameTooLarge,
+    PongResponse,
+    ProtocolError,
+    Response,
+    encode_frame,
+    error_response,
+    parse_request,
+    read_frame,
+)
+from dora.workers.announce import Announcer
+from dora.workers.calls import Admitted, CallExecutor, run_builtin_chain
+from dora.workers.debug_ops import debug_ops_enabled, with_debug_ops
+from dora.workers.registry import ConsulRegistry
+
+log = logging.getLogger(__name__)
+
+SERVICE = "dora-builtin"
+
+
+class WorkerServer:
+    """Serves RPC calls on TCP; an async context manager that drains on exit."""
+
+    def __init__(self, executor: CallExecutor, *, grace: float = 10.0) -> None:
+        self.executor = executor
+        self.limits: Limits = executor.limits
+        self._grace = grace
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._call_tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self, host: str, port: int = 0) -> int:
+        """Listen on ``host:port`` (0 picks a free port); return the port."""
+        if self._closed:
+            raise RuntimeError("a closed WorkerServer cannot start again")
+        self._server = await asyncio.start_server(self._accept, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.drain(self._grace)
+        await self.close()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting; wait up to ``grace`` seconds for calls in flight to answer."""
+        self.executor.stop_accepting()
+        if self._server is not None:
+            self._server.close()
+        if self._call_tasks:
+            await asyncio.wait(set(self._call_tasks), timeout=grace)
+
+    async def close(self) -> None:
+        """Cancel what is left, close every connection; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self.executor.stop_accepting()
+        for task in (*self._call_tasks, *self._conn_tasks):
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+        pending = {*self._call_tasks, *self._conn_tasks}
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.executor.shutdown()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conn_tasks.add(task)
+        self._writers.add(writer)
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self._writers.discard(writer)
+            self._conn_tasks.discard(task)
+            writer.close()
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        while True:
+            try:
+                msg = await read_frame(reader, self.limits.max_rpc_frame_bytes)
+            except FrameTooLarge as exc:
+                log.warning("closing connection from %s: %s", peer, exc.message)
+                await self._send(writer, error_response(CONNECTION_ID, exc, self._load()))
+                return
+            except (ProtocolError, OSError) as exc:
+                log.warning("closing connection from %s: %s", peer, exc)
+                return
+            if msg is None:
+                return
+            try:
+                req = parse_request(msg)
+            except ProtocolError as exc:
+                log.warning("closing connection from %s: %s", peer, exc.message)
+                await self._send(writer, error_response(CONNECTION_ID, exc, self._load()))
+                return
+            if "ping" in req:
+                pong = PongResponse(id=req["id"], ok=True, pong=True, load=self._load())
+                await self._send(writer, pong)
+                continue
+            admitted = self.executor.admit(req)
+            if isinstance(admitted, Admitted):
+                self._spawn_call(admitted, writer)
+            else:
+                # Refusals are answered inline: a client flooding a busy worker
+                # is slowed by its own unread answers (TCP backpressure).
+                await self._send(writer, admitted)
+
+    def _spawn_call(self, call: Admitted, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._answer(call, writer), name=f"call-{call.call_id}")
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+
+    async def _answer(self, call: Admitted, writer: asyncio.StreamWriter) -> None:
+        try:
+            response = await self.executor.complete(call)
+            await self._send(writer, response)
+        finally:
+            self.executor.release(call)
+
+    async def _send(self, writer: asyncio.StreamWriter, msg: Response) -> None:
+        """Write one answer; one that cannot be framed becomes an error answer."""
+        max_bytes = self.limits.max_rpc_frame_bytes
+        try:
+            frame = encode_frame(msg, max_bytes)
+        except DoraError as exc:  # result over the frame limit, or meta msgpack cannot carry
+            err: DoraError = exc
+            if not isinstance(exc, FrameTooLarge):
+                err = ProcessingFailed(f"cannot send result: {exc.message}")
+            frame = encode_frame(error_response(msg["id"], err, self._load()), max_bytes)
+        if writer.is_closing():
+            return  # the client left; its answer has nowhere to go
+        writer.write(frame)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+
+    def _load(self) -> int:
+        return self.executor.inflight
+
+
+def _parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dora.workers.server", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (0: pick a free one)")
+    p.add_argument("--advertise", help="address to register (default: --host)")
+    p.add_argument(
+        "--registry", type=_parse_hostport, help="registry HOST:PORT (none: no registration)"
+    )
+    p.add_argument("--datacenter", help="data centre to register in (default: from settings)")
+    p.add_argument("--threads", type=int, default=2, help="op threads (default 2)")
+    p.add_argument("--data-dir", type=Path, help="data directory; path sources must lie inside")
+    p.add_argument("--config", type=Path, help="a dora.toml (default: <data-dir>/dora.toml)")
+    p.add_argument("--instance-id", help="registry id (default: dora-builtin-<host>-<port>-<pid>)")
+    return p
+
+
+async def serve(args: argparse.Namespace, settings: Settings) -> None:
+    """Run one worker until SIGTERM or SIGINT, then drain and deregister."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    chain = with_debug_ops(run_builtin_chain) if debug_ops_enabled() else run_builtin_chain
+    executor = CallExecutor(
+        settings.limits, threads=args.threads, chain=chain, source_root=settings.data_dir
+    )
+    async with WorkerServer(executor, grace=settings.shutdown_grace) as server:
+        port = await server.start(args.host, args.port)
+        async with contextlib.AsyncExitStack() as stack:
+            announcer: Announcer | None = None
+            if args.registry is not None:
+                datacenter = args.datacenter or settings.datacenter
+                registry_host, registry_port = args.registry
+                registry = ConsulRegistry(registry_host, registry_port, datacenter=datacenter)
+                await stack.enter_async_context(registry)
+                address = args.advertise or args.host
+                instance = Instance(
+                    id=args.instance_id or f"{SERVICE}-{address}-{port}-{os.getpid()}",
+                    service=SERVICE,
+                    address=address,
+                    port=port,
+                    datacenter=datacenter,
+                    tags=("builtin",),
+                    meta={"pid": str(os.getpid()), "threads": str(args.threads)},
+                )
+                announcer = Announcer(registry, instance, lambda: float(executor.inflight))
+                await stack.enter_async_context(announcer)
+            print(f"READY {port}", flush=True)
+            log.info("worker listening on %s:%d", args.host, port)
+            await stop.wait()
+            log.info("draining (at most %.1fs)", settings.shutdown_grace)
+            if announcer is not None:
+                await announcer.draining()
+            await server.drain(settings.shutdown_grace)
+            log.info("drained; %s", executor.counters)
+            # Leaving the stack deregisters, then the server closes.
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -P -m dora.workers.server``."""
+    args = _arg_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("DORA_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings(args.config, data_dir=args.data_dir)
+        uvloop.run(serve(args, settings))
+    except DoraError as exc:
+        log.error("worker failed: %s", exc.message)
+        return 1
+    # An op thread cannot be interrupted; one still running past the drain
+    # would keep the interpreter alive at exit, so leave without waiting.
+    if any(t.name.startswith("dora-op") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
