@@ -1,8 +1,9 @@
 """Throughput and latency of processing URLs through a real ``dora serve``.
 
-Starts ``dora serve`` with the result cache off (so every request is really
-processed), uploads a photo-like JPEG, drives the URL with ``wrk`` (C, one
-thread, so the load generator costs little CPU) under N concurrent
+Starts ``dora serve`` with the result cache off, uploads distinct photo-like
+JPEGs (different content, so identical in-flight requests never coalesce and
+every request is really processed), drives them round-robin with ``wrk`` (C,
+one thread, so the load generator costs little CPU) under N concurrent
 connections, and reports requests/s and p50/p99 latency beside the
 pure-Pillow bound measured in the same run.
 
@@ -47,14 +48,26 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_wrk(url: str, connections: int, duration: int) -> dict[str, float]:
-    """Run wrk once; return req/s, p50/p99 in ms, errors and wrk's own CPU seconds."""
+WRK_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", string.format("/bench/%s-%d.jpg?%s", "{prefix}", counter % {count}, "{fop}"))
+end
+"""
+
+
+def run_wrk(
+    base: str, prefix: str, count: int, fop: str, connections: int, duration: int, work: Path
+) -> dict[str, float]:
+    """Run wrk over ``count`` distinct objects round-robin; return req/s, p50/p99 in ms,
+    errors and wrk's own CPU seconds."""
+    script = work / "round_robin.lua"
+    script.write_text(WRK_SCRIPT.format(prefix=prefix, count=count, fop=fop))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s", url],
-        check=True,
-        capture_output=True,
-        text=True,
+        [*cmd, "-s", str(script), base], check=True, capture_output=True, text=True
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
@@ -86,6 +99,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--objects", type=int, default=64, help="distinct source photos")
     parser.add_argument("--sources", default="1920x1080", help="comma list of " + ",".join(SOURCES))
     parser.add_argument("--json", type=Path, help="write results here")
     args = parser.parse_args()
@@ -115,14 +129,17 @@ def main() -> int:
         with dora_serve(work / "data", workers=args.workers, env=env) as srv:
             for source in args.sources.split(","):
                 width, height = SOURCES[source]
-                photo = make_photo_jpeg(width, height, seed=1)
-                key = f"photo-{source}-{uuid.uuid4().hex[:6]}.jpg"
-                upload(srv, "bench", key, photo)
+                prefix = f"photo-{source}-{uuid.uuid4().hex[:6]}"
+                for index in range(args.objects):
+                    photo = make_photo_jpeg(width, height, seed=index + 1)
+                    upload(srv, "bench", f"{prefix}-{index}.jpg", photo)
                 for name, fop in SCENARIOS.items():
-                    url = f"{srv.url}/bench/{key}?{fop}"
+                    url = f"{srv.url}/bench/{prefix}-0.jpg?{fop}"
                     with urllib.request.urlopen(url) as resp:  # warm up, check it works
                         out_bytes = len(resp.read())
-                    dora = run_wrk(url, args.connections, args.duration)
+                    dora = run_wrk(
+                        srv.url, prefix, args.objects, fop, args.connections, args.duration, work
+                    )
                     bound = measure_bound(photo, fop, seconds=min(10.0, args.duration / 2))
                     ideal = bound["images_per_s_per_core"] * cores
                     row = {
