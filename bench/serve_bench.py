@@ -52,7 +52,8 @@ WRK_SCRIPT = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", string.format("/bench/%s-%d.jpg?%s", "{prefix}", counter % {count}, "{fop}"))
+  local path = string.format("/bench/%s-%d.jpg?%s", "{prefix}", counter % {count}, "{fop}")
+  return wrk.format("GET", path)
 end
 """
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 import qiniu
+from images import make_photo_jpeg
 from PIL import Image
 from qiniu.utils import etag_stream
 from serving import Served, dora_command, dora_serve
-
-from images import make_photo_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +45,10 @@ def test_sdk_upload_then_processing_urls_with_cache(served: Served) -> None:
     assert ret["hash"] == etag_stream(io.BytesIO(photo))
 
     async def fetch(query: str) -> tuple[int, bytes, dict[str, str]]:
-        async with aiohttp.ClientSession() as session, session.get(
-            f"{served.url}/photos/cat.jpg?{query}"
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{served.url}/photos/cat.jpg?{query}") as resp,
+        ):
             return resp.status, await resp.read(), dict(resp.headers)
 
     for mode, size in (("1", (300, 200)), ("2", (300, 169))):
@@ -70,24 +70,29 @@ def test_cli_put_and_get(served: Served, tmp_path: Path) -> None:
     src = tmp_path / "dog.png"
     Image.new("RGB", (640, 480), (200, 30, 30)).save(src)
     put = subprocess.run(
-        dora_command("put", "--data-dir", str(served.data_dir), "--url", served.url,
-                     "pets", str(src)),
-        capture_output=True, check=False,
+        dora_command(
+            "put", "--data-dir", str(served.data_dir), "--url", served.url, "pets", str(src)
+        ),
+        capture_output=True,
+        check=False,
     )
     assert put.returncode == 0, put.stderr
     assert b'"key": "dog.png"' in put.stdout or b'"key":"dog.png"' in put.stdout
     out = tmp_path / "thumb.webp"
     get = subprocess.run(
-        dora_command("get", f"{served.url}/pets/dog.png?imageView2/2/w/100/format/webp",
-                     "-o", str(out)),
-        capture_output=True, check=False,
+        dora_command(
+            "get", f"{served.url}/pets/dog.png?imageView2/2/w/100/format/webp", "-o", str(out)
+        ),
+        capture_output=True,
+        check=False,
     )
     assert get.returncode == 0, get.stderr
     with Image.open(out) as image:
         assert image.format == "WEBP"
         assert image.size == (100, 75)
     missing = subprocess.run(
-        dora_command("get", f"{served.url}/pets/nope.png?imageInfo"), capture_output=True,
+        dora_command("get", f"{served.url}/pets/nope.png?imageInfo"),
+        capture_output=True,
         check=False,
     )
     assert missing.returncode == 1

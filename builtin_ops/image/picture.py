@@ -11,6 +11,7 @@ that ops such as ``imageView2/.../format/png/q/80`` accumulate.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -51,3 +52,9 @@ class Picture:
     def size(self) -> Size:
         """The displayed size: the stored size with the EXIF orientation applied."""
         return oriented_size(self.image.size, self.orientation)
+
+    def apply(self, transform: Callable[[Image.Image], Image.Image]) -> None:
+        """Change the pixels with ``transform``: every pixel op goes through here,
+        so that a multi-frame picture (an animation) changes every frame alike."""
+        self.image = transform(self.image)
+        self.touched = True
