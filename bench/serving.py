@@ -49,6 +49,7 @@ def dora_serve(
     data_dir: Path,
     *,
     workers: int = 2,
+    gateways: int = 1,
     env: Mapping[str, str] | None = None,
     timeout: float = 60.0,
 ) -> Iterator[Served]:
@@ -58,7 +59,15 @@ def dora_serve(
     log = (data_dir.parent / f"serve-{port}.log").open("wb")
     proc = subprocess.Popen(
         dora_command(
-            "serve", "--data-dir", str(data_dir), "--port", str(port), "--workers", str(workers)
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--gateways",
+            str(gateways),
         ),
         stdout=log,
         stderr=subprocess.STDOUT,

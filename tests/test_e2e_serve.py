@@ -139,3 +139,38 @@ def test_sigkill_a_worker_while_requests_flow(tmp_path: Path) -> None:
                 break
             assert time.monotonic() - killed_at < 5.0, now
             time.sleep(0.05)
+
+
+def test_several_gateway_processes_share_the_port(tmp_path: Path) -> None:
+    with dora_serve(tmp_path / "data", workers=1, gateways=2) as srv:
+        _sdk_upload(srv, "photos", "p.jpg", make_photo_jpeg(640, 480, seed=5))
+        children = subprocess.run(
+            ["pgrep", "-f", "-P", str(srv.proc.pid), "dora.gateway.main"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert len(children) == 2
+
+        async def burst() -> list[int]:
+            url = f"{srv.url}/photos/p.jpg?imageView2/2/w/64"
+            connector = aiohttp.TCPConnector(force_close=True)  # new connections spread out
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def one() -> int:
+                    async with session.get(url) as resp:
+                        await resp.read()
+                        return resp.status
+
+                return await asyncio.gather(*(one() for _ in range(40)))
+
+        assert set(asyncio.run(burst())) == {200}
+        # The other gateway keeps serving when one goes away (connections the
+        # kernel had already queued on the dead one are lost with it).
+        victim = int(children[0])
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{victim}").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert set(asyncio.run(burst())) == {200}
