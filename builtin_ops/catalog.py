@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from dora.builtin_ops.av.specs import AV_SPECS
+from dora.builtin_ops.catalog_marks import MARK_SPECS
+from dora.builtin_ops.catalog_mogr import IMAGE_MOGR2
 from dora.schema import BoolParam, EnumParam, IntParam, OpSpec, QualityParam
 
-# Formats an image op can write (``jpeg`` is accepted as ``jpg``; avif only
+# Formats an image op can write (``jpeg`` is accepted as ``jpg``; avif and heic only
 # where the codec is present, which the worker checks when it encodes).
-IMAGE_FORMAT = EnumParam(("jpg", "jpeg", "png", "gif", "webp", "bmp", "tiff", "avif"))
+IMAGE_FORMAT = EnumParam(("jpg", "jpeg", "png", "gif", "webp", "bmp", "tiff", "avif", "heic"))
 QUALITY = QualityParam()  # 1-100, "!" forces it
 INTERLACE = BoolParam()  # 1: progressive JPEG
 IGNORE_ERROR = BoolParam()  # 1: answer the original instead of an error
@@ -59,6 +62,8 @@ IMAGE_INFO = OpSpec(
     '"frameNumber"?} as JSON.',
 )
 
-SPECS: tuple[OpSpec, ...] = (IMAGE_VIEW2, IMAGE_INFO)
+SPECS: tuple[OpSpec, ...] = (IMAGE_VIEW2, IMAGE_INFO, IMAGE_MOGR2, *MARK_SPECS)
 
-BUILTIN_CATALOG: Mapping[str, OpSpec] = MappingProxyType({spec.name: spec for spec in SPECS})
+BUILTIN_CATALOG: Mapping[str, OpSpec] = MappingProxyType(
+    {**{spec.name: spec for spec in SPECS}, **AV_SPECS}
+)

@@ -29,21 +29,43 @@ from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
 
 from dora.builtin_ops.catalog import BUILTIN_CATALOG
+from dora.builtin_ops.image.average import image_ave
 from dora.builtin_ops.image.decode import open_picture, sniff_mime
 from dora.builtin_ops.image.encode import encode
+from dora.builtin_ops.image.exif import exif
 from dora.builtin_ops.image.info import image_info
+from dora.builtin_ops.image.mogr import image_mogr2
 from dora.builtin_ops.image.picture import Picture
+from dora.builtin_ops.image.roundpic import round_pic
 from dora.builtin_ops.image.view import image_view2
+from dora.builtin_ops.image.watermark import watermark
 from dora.config import Limits
 from dora.errors import BadRequest, DoraError, PayloadTooLarge, ProcessingFailed
 from dora.fop import MAX_FOP_CHARS, MAX_STAGES, Stage, parse_stage
 from dora.ops import Output
+from dora.resources import ResourceResolver
 
 ImageOp = Callable[[Picture, Stage, Limits], None]
 InfoOp = Callable[[Picture, Stage, Limits], Mapping[str, Any]]
+# An image op that also reads resources (a watermark's mark image).
+ResourceOp = Callable[[Picture, Stage, Limits, ResourceResolver | None], None]
 
-IMAGE_OPS: Mapping[str, ImageOp] = MappingProxyType({"imageView2": image_view2})
-INFO_OPS: Mapping[str, InfoOp] = MappingProxyType({"imageInfo": image_info})
+IMAGE_OPS: Mapping[str, ImageOp] = MappingProxyType(
+    {
+        "imageView2": image_view2,
+        "imageMogr2": image_mogr2,
+        "watermark": watermark,  # also in RESOURCE_OPS, which the chain prefers
+        "roundPic": round_pic,
+    }
+)
+INFO_OPS: Mapping[str, InfoOp] = MappingProxyType(
+    {
+        "imageInfo": image_info,
+        "exif": exif,
+        "imageAve": image_ave,
+    }
+)
+RESOURCE_OPS: Mapping[str, ResourceOp] = MappingProxyType({"watermark": watermark})
 
 JSON_MIME = "application/json"
 
@@ -76,12 +98,22 @@ def parse_wire_stages(wire: Sequence[Sequence[str]]) -> list[Stage]:
     return stages
 
 
-def run_chain(stages: Sequence[Stage], src: bytes, limits: Limits) -> Output:
-    """Run ``stages`` (builtin image and info ops) on the image ``src``."""
+def run_chain(
+    stages: Sequence[Stage],
+    src: bytes,
+    limits: Limits,
+    *,
+    resources: ResourceResolver | None = None,
+) -> Output:
+    """Run ``stages`` (builtin image and info ops) on the image ``src``.
+
+    ``resources`` reads what ops name by URL (watermark images); without it
+    such ops answer 400.
+    """
     if not stages:
         raise BadRequest("no op to run")
     try:
-        return _run(stages, src, limits)
+        return _run(stages, src, limits, resources)
     except PayloadTooLarge:
         raise
     except (BadRequest, ProcessingFailed):
@@ -90,13 +122,18 @@ def run_chain(stages: Sequence[Stage], src: bytes, limits: Limits) -> Output:
         raise
 
 
-def _run(stages: Sequence[Stage], src: bytes, limits: Limits) -> Output:
+def _run(
+    stages: Sequence[Stage], src: bytes, limits: Limits, resources: ResourceResolver | None
+) -> Output:
     picture = _guarded("decode", open_picture, src, limits)
     last = len(stages) - 1
     for index, stage in enumerate(stages):
         image_op = IMAGE_OPS.get(stage.op)
         info_op = INFO_OPS.get(stage.op)
-        if image_op is not None:
+        resource_op = RESOURCE_OPS.get(stage.op)
+        if resource_op is not None:
+            _guarded(stage.op, resource_op, picture, stage, limits, resources)
+        elif image_op is not None:
             _guarded(stage.op, image_op, picture, stage, limits)
         elif info_op is not None:
             if index != last:

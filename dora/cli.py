@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dora.cli_jobs import add_job_commands
 from dora.config import Settings, load_settings
 from dora.errors import DoraError
 
@@ -120,6 +121,12 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dora.doctor import run_doctor  # noqa: PLC0415
+
+    return run_doctor(_settings(args), json_output=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="e.g. http://127.0.0.1:9000/photos/cat.jpg?imageView2/2/w/300")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("doctor", help="check codecs, formats, ffmpeg, fonts and the data directory")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
+
+    add_job_commands(sub, common)  # pfop, prefop, pipeline, job
     return parser
 
 

@@ -37,6 +37,7 @@ class Limits:
     max_key_bytes: int = 750
     max_inflight_per_worker: int = 64
     max_rpc_frame_bytes: int = 64 * MiB
+    job_timeout: float = 3600.0  # seconds for one asynchronous job item (transcodes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +58,12 @@ class Settings:
     # "domain=bucket,domain2=bucket2": bucket domains for ``GET /key?fops``
     bucket_domains: str = ""
     cache_max_age: int = 31536000  # Cache-Control max-age on processed results
+    # Hosts whose watermark images may be fetched ("host,*.example.com"); own
+    # buckets (dora://bucket/key, own host, bucket domains) are always allowed.
+    watermark_url_allow: str = ""
+    # CIDRs exempt from the SSRF guard (notify URLs, fetched marks), e.g. "127.0.0.1/32".
+    ssrf_allow: str = ""
+    job_lease_seconds: float = 15.0  # a job's lease; renewed while it runs, re-leased if it dies
     shutdown_grace: float = 10.0
     limits: Limits = dataclasses.field(default_factory=Limits)
 

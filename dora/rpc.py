@@ -7,10 +7,17 @@ connection; each carries an ``id`` and responses may come back in any order.
 
 Messages (see the TypedDicts below)::
 
-    call      {id, stages: [[op, argtext], ...], src: {bytes|path|url}, deadline}
+    call      {id, stages: [[op, argtext], ...], src: {bytes|path|url}, deadline[, progress]}
     ok        {id, ok: True, mime, body | path, meta, load}
     error     {id, ok: False, code, error, load}
     ping      {id, ping: True}          ->   {id, ok: True, pong: True, load}
+    cancel    {id, cancel: True}        (client: stop call ``id``; no answer of its own)
+    progress  {id, progress: 0-100}     (worker, before the answer, to calls with progress: True)
+
+A call that asks for ``progress`` (long audio/video stages) hears how far it
+got while it runs; a cancelled call still gets its answer (usually a 599
+"cancelled"), which the client may ignore. A worker also cancels the calls of
+a connection that closes.
 
 ``deadline`` is a unix time (seconds). ``load`` is the worker's count of calls
 in flight. A worker that runs out of time answers ``599 "deadline exceeded"``
@@ -81,6 +88,19 @@ class CallRequest(TypedDict):
     stages: list[list[str]]
     src: Source
     deadline: float
+    progress: NotRequired[bool]
+
+
+@final
+class CancelRequest(TypedDict):
+    id: int
+    cancel: Literal[True]
+
+
+@final
+class ProgressMessage(TypedDict):
+    id: int
+    progress: float
 
 
 @final
@@ -117,8 +137,8 @@ class ErrorResponse(TypedDict):
     load: int
 
 
-Request = CallRequest | PingRequest
-Response = OkResponse | PongResponse | ErrorResponse
+Request = CallRequest | PingRequest | CancelRequest
+Response = OkResponse | PongResponse | ErrorResponse | ProgressMessage
 
 
 def encode_frame(msg: Mapping[str, Any], max_bytes: int = MAX_WIRE_FRAME) -> bytes:
@@ -222,6 +242,8 @@ def parse_request(msg: Mapping[str, Any]) -> Request:
         raise ProtocolError("RPC request without a positive integer id")
     if msg.get("ping") is True:
         return PingRequest(id=call_id, ping=True)
+    if msg.get("cancel") is True:
+        return CancelRequest(id=call_id, cancel=True)
     stages = msg.get("stages")
     if not isinstance(stages, list) or not all(
         _is_str_list(stage) and len(stage) == 2 for stage in stages
@@ -247,17 +269,39 @@ def parse_request(msg: Mapping[str, Any]) -> Request:
             raise ProtocolError("RPC request src must be {bytes}, {path} or {url}")
     else:
         raise ProtocolError("RPC request src must be {bytes}, {path} or {url}")
-    return CallRequest(id=call_id, stages=stages, src=source, deadline=float(deadline))
+    req = CallRequest(id=call_id, stages=stages, src=source, deadline=float(deadline))
+    if msg.get("progress") is True:
+        req["progress"] = True
+    return req
 
 
 def make_call(
-    call_id: int, stages: Sequence[tuple[str, str]], src: bytes | str, deadline: float
+    call_id: int,
+    stages: Sequence[tuple[str, str]],
+    src: bytes | str,
+    deadline: float,
+    *,
+    progress: bool = False,
 ) -> CallRequest:
-    """Build a call request; a ``str`` source is a path on the worker's host."""
+    """Build a call request; a ``str`` source is a path on the worker's host.
+    ``progress`` asks the worker for progress messages while the call runs."""
     source: Source = SrcBytes(bytes=src) if isinstance(src, bytes) else SrcPath(path=src)
-    return CallRequest(
+    req = CallRequest(
         id=call_id, stages=[[op, arg] for op, arg in stages], src=source, deadline=deadline
     )
+    if progress:
+        req["progress"] = True
+    return req
+
+
+def progress_value(msg: Mapping[str, Any]) -> float | None:
+    """The percentage of a progress message, or ``None`` if ``msg`` is not one."""
+    if "ok" in msg:
+        return None
+    value = msg.get("progress")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return max(0.0, min(100.0, float(value)))
+    return None
 
 
 def ok_response(call_id: int, output: Output, load: int) -> OkResponse:

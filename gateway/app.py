@@ -7,6 +7,7 @@ Routes::
     GET  /<bucket>/<key>[?<fops>]      download or processing URL
     HEAD /<bucket>/<key>[?<fops>]
     GET  /<key>[?<fops>]               the same on a bucket domain (Host → bucket)
+    POST /pfop, GET /status/get/prefop, /v1/...   async jobs (dora.gateway.jobs_wiring)
 
 State lives under typed :class:`aiohttp.web.AppKey` keys; the caches are
 built here from the settings and closed (in-flight work cancelled) on
@@ -28,6 +29,7 @@ from dora.config import Settings
 from dora.gateway.cache import ResultCache, SourceCache
 from dora.gateway.context import GatewayContext, ReportsHealth
 from dora.gateway.errors import add_reqid_header, error_middleware
+from dora.gateway.jobs_wiring import add_job_routes
 from dora.gateway.objects import serve_object
 from dora.gateway.process import ChainRunner, serve_processed
 from dora.gateway.upload import handle_upload
@@ -92,6 +94,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.on_cleanup.append(_close_caches)
     app.router.add_get("/health", handle_health)
     app.router.add_post("/", handle_post_root)
+    add_job_routes(app.router, ctx)  # /pfop, /status/get/prefop, /v1/...
     app.router.add_get("/{tail:.+}", handle_get)  # HEAD too (allow_head)
     return app
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from dora.auth import KeyRing
 from dora.config import Settings
 from dora.fop import Catalog, Stage
+from dora.jobstore import JobStore
 from dora.ops import Output
 from dora.storage.base import ObjectMeta, ObjectStore
 from dora.tokens import UploadPolicy
@@ -46,12 +47,18 @@ class UploadedObject:
     policy: UploadPolicy
     custom_vars: Mapping[str, str]
     fname: str
+    reqid: str = ""
 
 
 # Called after a successful upload, before the answer is written: the seam for
 # ``persistentOps`` (enqueue a job). It returns extra fields for the answer
 # (``{"persistentId": ...}``) or None.
 AfterUpload = Callable[[UploadedObject], Awaitable[Mapping[str, Any] | None]]
+
+# Called once the upload token is verified, before the file is read: a policy
+# whose follow-up cannot run (bad ``persistentOps``) fails before anything is
+# stored.
+BeforeUpload = Callable[[UploadPolicy], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +71,9 @@ class GatewayContext:
     processor: Processor
     catalog: Catalog
     after_upload: AfterUpload | None = None
+    before_upload: BeforeUpload | None = None
     # Where uploads whose key depends on their content are spooled (None: the
     # system's temporary directory).
     spool_dir: Path | None = None
+    # The asynchronous job store (pfop, prefop, management API); None: jobs are off.
+    jobs: JobStore | None = None

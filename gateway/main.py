@@ -1,11 +1,11 @@
 """Run one gateway process: ``python -P -m dora.gateway.main``.
 
 ``run_gateway`` opens, in order, the object store, the registry client, the
-worker pool and the HTTP listener, and closes them in reverse. Shutdown is
+worker pool, the job store and the HTTP listener, and closes them in reverse. Shutdown is
 the aiohttp/aiojobs order: when ``stop`` is set the listener stops
 accepting, requests in flight get up to ``settings.shutdown_grace`` seconds
-to finish, stragglers are cancelled, then the pool, the registry client and
-the store close. Several gateway processes may share one port
+to finish, stragglers are cancelled, then the job store, the pool, the
+registry client and the store close. Several gateway processes may share one port
 (``reuse_port``); the kernel spreads connections among them.
 
 Command line::
@@ -35,19 +35,15 @@ from dora.config import Settings, load_settings
 from dora.errors import DoraError
 from dora.gateway.app import build_app, serve_app
 from dora.gateway.context import GatewayContext
+from dora.gateway.jobs_wiring import with_jobs
+from dora.jobstore import SqliteJobStore
 from dora.keys import keyring_for
+from dora.layout import buckets_root, job_store_path
 from dora.storage.local import LocalStore
 from dora.workers.pool import WorkerPool
 from dora.workers.registry import ConsulRegistry
 
 log = logging.getLogger("dora.gateway")
-
-BUCKETS_DIR = "buckets"  # the LocalStore's root under the data directory
-
-
-def store_root(settings: Settings) -> Path:
-    """Where the buckets of an installation live."""
-    return settings.data_dir.resolve() / BUCKETS_DIR
 
 
 async def run_gateway(
@@ -61,13 +57,14 @@ async def run_gateway(
 ) -> None:
     """Run one gateway until ``stop`` is set (see the module docstring)."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(LocalStore(store_root(settings), settings.limits))
+        store = await stack.enter_async_context(LocalStore(buckets_root(settings), settings.limits))
         registry = await stack.enter_async_context(
             ConsulRegistry(registry_host, registry_port, settings.datacenter)
         )
         pool = await stack.enter_async_context(
             WorkerPool(registry, limits=settings.limits, datacenter=settings.datacenter)
         )
+        jobs = await stack.enter_async_context(SqliteJobStore(job_store_path(settings)))
         ctx = GatewayContext(
             settings=settings,
             store=store,
@@ -75,6 +72,7 @@ async def run_gateway(
             processor=pool,
             catalog=BUILTIN_CATALOG,
         )
+        ctx = with_jobs(ctx, jobs)
         await serve_app(build_app(ctx), settings, stop=stop, reuse_port=reuse_port, ready=ready)
 
 

@@ -19,8 +19,9 @@ Qiniu's rules, kept here:
   ``fsizeLimit`` (413, nothing stored); ``mimeLimit`` refusals are 403.
 - The answer is ``{"hash", "key"}`` or the policy's ``returnBody``, expanded.
 
-``persistentOps`` is left to the :data:`~dora.gateway.context.AfterUpload`
-hook, which runs after the object is stored and may add ``persistentId``.
+``persistentOps`` is left to two hooks: :data:`~dora.gateway.context.BeforeUpload`
+vets the policy before the file is read, :data:`~dora.gateway.context.AfterUpload`
+runs after the object is stored and may add ``persistentId``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from aiohttp import BodyPartReader, web
 
 from dora.errors import BadRequest, FileExists, Forbidden, NotFound, Unauthorized
 from dora.gateway.context import GatewayContext, UploadedObject
+from dora.gateway.errors import request_id
 from dora.gateway.incoming import IncomingFile
 from dora.gateway.magic import (
     CONTENT_VARIABLES,
@@ -269,9 +271,10 @@ async def handle_upload(request: web.Request, ctx: GatewayContext) -> web.Respon
             if ctx.after_upload is not None:
                 # Shielded: the object is stored, so its follow-up (a job)
                 # must not be lost to a client hanging up now.
-                extra = await asyncio.shield(
-                    ctx.after_upload(UploadedObject(meta, policy, upload.custom_vars, upload.fname))
+                uploaded = UploadedObject(
+                    meta, policy, upload.custom_vars, upload.fname, request_id(request)
                 )
+                extra = await asyncio.shield(ctx.after_upload(uploaded))
             return _answer(upload, meta, extra)
         if len(fields) >= MAX_FIELDS:
             raise BadRequest(f"more than {MAX_FIELDS} form fields")
@@ -281,6 +284,8 @@ async def handle_upload(request: web.Request, ctx: GatewayContext) -> web.Respon
         fields[name] = value
         if name == "token":
             policy = verify_upload_token(value, ctx.keyring)
+            if ctx.before_upload is not None:
+                await ctx.before_upload(policy)
     if policy is None:
         raise Unauthorized("token not specified")
     raise BadRequest("file not specified")

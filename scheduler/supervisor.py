@@ -2,8 +2,10 @@
 
 One supervisor process runs the embedded registry and the scheduler with a
 ``LocalProvider``; the scheduler launches one builtin worker per core and the
-gateway process(es), which share the port. Shutdown runs in reverse: the
-gateways drain first, then the workers, then the registry stops.
+gateway process(es), which share the port. The job dispatcher runs in the
+supervisor too (:mod:`dora.scheduler.jobserve`). Shutdown runs in reverse:
+the dispatcher gives its running jobs back, the gateways drain, then the
+workers, then the registry stops.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 
 from dora.config import Limits, Settings
 from dora.keys import ensure_keys
+from dora.layout import SERVE_STATE as STATE_FILE
 from dora.scheduler.core import Scheduler, ServiceSpec
 from dora.scheduler.embedded_registry import EmbeddedRegistry
+from dora.scheduler.jobserve import running_dispatcher
 from dora.scheduler.local import LocalProvider
 from dora.scheduler.provider import Resources
 from dora.workers.registry import ConsulRegistry
@@ -32,7 +36,6 @@ log = logging.getLogger("dora.serve")
 
 WORKER_SERVICE = "dora-builtin"
 GATEWAY_SERVICE = "dora-gateway"
-STATE_FILE = "serve.json"
 STARTUP_TIMEOUT = 60.0
 
 
@@ -140,8 +143,9 @@ async def running_platform(settings: Settings) -> AsyncIterator[Scheduler]:
                 async with asyncio.timeout(STARTUP_TIMEOUT):
                     await scheduler.wait_running(WORKER_SERVICE, 1)
                     await scheduler.wait_running(GATEWAY_SERVICE, 1)
-                _write_state(settings, registry_port)
-                yield scheduler
+                async with running_dispatcher(settings, registry):
+                    _write_state(settings, registry_port)
+                    yield scheduler
             finally:
                 await scheduler.shutdown([GATEWAY_SERVICE, WORKER_SERVICE])
                 loop_task.cancel()

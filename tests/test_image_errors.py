@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dora.builtin_ops import runner
+from dora.builtin_ops.av import AV_SPECS
 from dora.builtin_ops.catalog import BUILTIN_CATALOG
 from dora.builtin_ops.image.picture import Picture
 from dora.builtin_ops.runner import parse_wire_stages, run_chain
@@ -127,6 +128,7 @@ def test_a_bomb_allocates_nothing_large() -> None:
     """In a fresh process: the peak memory barely moves while the bomb is refused."""
     code = f"""
 import resource, struct, zlib
+from dora.builtin_ops.av import AV_SPECS
 from dora.builtin_ops.catalog import BUILTIN_CATALOG
 from dora.builtin_ops.runner import run_chain
 from dora.config import Limits
@@ -258,11 +260,12 @@ def test_an_unexpected_exception_is_a_599_naming_the_op(
 
 
 def test_every_builtin_spec_has_an_implementation() -> None:
-    implemented = set(runner.IMAGE_OPS) | set(runner.INFO_OPS)
+    implemented = set(runner.IMAGE_OPS) | set(runner.INFO_OPS) | set(AV_SPECS)
     assert set(BUILTIN_CATALOG) == implemented
     for name, spec in BUILTIN_CATALOG.items():
         assert spec.name == name
         assert (spec.kind == "info") == (name in runner.INFO_OPS)
+        assert (spec.kind == "av") == (name in AV_SPECS)
 
 
 def test_the_catalog_does_not_import_pillow() -> None:
@@ -274,7 +277,7 @@ def test_the_catalog_does_not_import_pillow() -> None:
         [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     names, pillow_loaded = json.loads(done.stdout)
-    assert names == ["imageInfo", "imageView2"]
+    assert {"imageInfo", "imageView2", "avinfo"} <= set(names)
     assert pillow_loaded is False
 
 

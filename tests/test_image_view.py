@@ -269,8 +269,10 @@ def test_grey_and_cmyk_jpegs_decode_at_a_reduced_scale(
 
 def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     src = encode(Image.new("I;16", (20, 20), 32768), "PNG")
-    pixel = result_image(run("imageView2/2/w/10/format/png", src)).convert("L").getpixel((5, 5))
-    assert isinstance(pixel, int) and 120 <= pixel <= 135
+    png = result_image(run("imageView2/2/w/10/format/png", src))
+    assert png.mode == "I;16" and png.getpixel((5, 5)) == 32768  # PNG keeps 16 bits
+    pixel = result_image(run("imageView2/2/w/10/format/jpg", src)).getpixel((5, 5))
+    assert isinstance(pixel, int) and 120 <= pixel <= 135  # 8-bit: scaled, not clipped
 
 
 def test_palette_images_are_resampled_smoothly() -> None:

@@ -14,6 +14,13 @@ the bound and the load a worker reports must count both.
 Out of time (the request's ``deadline``, capped at ``Limits.op_timeout`` from
 arrival) the answer is ``599 "deadline exceeded"``: the op failed to finish,
 and trying again elsewhere would not help.
+
+Calls with audio/video stages (:mod:`dora.workers.avchain`) run in a thread
+pool of their own, so that minutes of ffmpeg do not hold up image calls;
+their deadline is capped by the job timeout instead (``Limits.job_timeout``,
+else :data:`~dora.builtin_ops.av.JOB_TIMEOUT`), they report progress to a
+sink given at admission, and each has a cancel event (:meth:`CallExecutor.cancel`)
+that kills its ffmpeg, set as well when its deadline passes.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,8 +50,11 @@ from dora.errors import (
     ProcessingFailed,
     ServiceUnavailable,
 )
+from dora.layout import WORK_DIR
 from dora.ops import Output
+from dora.resources import ResourceResolver
 from dora.rpc import CallRequest, ErrorResponse, OkResponse, Source, error_response, ok_response
+from dora.workers.avchain import AvCall, ProgressSink, is_av_call, run_av_call
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +62,24 @@ ChainFn = Callable[[Sequence[Sequence[str]], bytes, Limits], Output]
 """Runs wire stages ``[[op, argtext], ...]`` on source bytes (in a thread)."""
 
 
+def job_timeout(limits: Limits) -> float:
+    """The longest an audio/video call may run."""
+    return limits.job_timeout
+
+
 def run_builtin_chain(wire: Sequence[Sequence[str]], src: bytes, limits: Limits) -> Output:
-    """The production chain: re-validate the stages, then run them."""
+    """The chain without external resources: re-validate the stages, then run them."""
     return run_chain(parse_wire_stages(wire), src, limits)
+
+
+def builtin_chain(resources: ResourceResolver) -> ChainFn:
+    """The production chain: like :func:`run_builtin_chain`, with ``resources``
+    (watermark images from buckets and allow-listed URLs)."""
+
+    def run(wire: Sequence[Sequence[str]], src: bytes, limits: Limits) -> Output:
+        return run_chain(parse_wire_stages(wire), src, limits, resources=resources)
+
+    return run
 
 
 def read_source_file(path: str, root: Path | None, max_bytes: int) -> bytes:
@@ -83,6 +112,8 @@ class Admitted:
     future: concurrent.futures.Future[Output]
     deadline: float  # unix time
     holds: int = 2  # its thread, and its answer; in flight until both let go
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    work_dir: Path | None = None  # an AV call's outputs
 
 
 @dataclasses.dataclass(slots=True)
@@ -106,6 +137,8 @@ class CallExecutor:
         threads: int = 2,
         chain: ChainFn = run_builtin_chain,
         source_root: Path | None = None,
+        work_root: Path | None = None,
+        av_threads: int | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError("a worker needs at least one thread")
@@ -113,7 +146,15 @@ class CallExecutor:
         self.counters = CallCounters()
         self._chain = chain
         self._root = source_root.resolve() if source_root is not None else None
+        if work_root is None:
+            base = self._root if self._root is not None else Path(tempfile.gettempdir())
+            work_root = base / WORK_DIR if self._root is not None else base / "dora-work"
+        self.work_root = work_root.resolve()
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="dora-op")
+        # ffmpeg runs in child processes; these threads only wait for them.
+        self._av_pool = concurrent.futures.ThreadPoolExecutor(
+            av_threads or threads, thread_name_prefix="dora-op-av"
+        )
         self._inflight = 0
         self._accepting = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,8 +168,12 @@ class CallExecutor:
         """From now on every new call is refused with 503 (the worker drains)."""
         self._accepting = False
 
-    def admit(self, req: CallRequest) -> Admitted | ErrorResponse:
-        """Refuse at once (busy, draining, bad source, late) or start the call."""
+    def admit(
+        self, req: CallRequest, progress: ProgressSink | None = None
+    ) -> Admitted | ErrorResponse:
+        """Refuse at once (busy, draining, bad source, late) or start the call.
+
+        ``progress`` hears an AV call's progress (0-100), in its thread."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         now = time.time()
@@ -137,7 +182,9 @@ class CallExecutor:
         if self._inflight >= self.limits.max_inflight_per_worker:
             self.counters.refused_busy += 1
             return self._refuse(req, ServiceUnavailable("worker busy", retry_after=1))
-        deadline = min(req["deadline"], now + self.limits.op_timeout)
+        av = is_av_call(req["stages"])
+        budget = job_timeout(self.limits) if av else self.limits.op_timeout
+        deadline = min(req["deadline"], now + budget)
         if deadline <= now:
             return self._refuse(req, ProcessingFailed("deadline exceeded"))
         src = req["src"]
@@ -145,10 +192,27 @@ class CallExecutor:
             return self._refuse(req, BadRequest("url sources are not supported by builtin workers"))
         self._inflight += 1
         self.counters.admitted += 1
-        future = self._pool.submit(self._job, req["stages"], src, deadline)
-        call = Admitted(req["id"], future, deadline)
+        cancel = threading.Event()
+        future: concurrent.futures.Future[Output]
+        work_dir: Path | None = None
+        if av:
+            work_dir = self.work_root / f"{os.getpid()}-{req['id']}-{secrets.token_hex(4)}"
+            av_call = AvCall(work_dir, self.limits, deadline, cancel, progress, self._root)
+            future = self._av_pool.submit(self._av_job, req["stages"], src, av_call)
+        else:
+            future = self._pool.submit(self._job, req["stages"], src, deadline)
+        call = Admitted(req["id"], future, deadline, cancel=cancel, work_dir=work_dir)
         future.add_done_callback(lambda _: self._thread_done(call))
         return call
+
+    def cancel(self, call: Admitted) -> None:
+        """Ask a call to stop: an AV call's ffmpeg is killed (image calls run out)."""
+        call.cancel.set()
+
+    async def discard_output(self, call: Admitted) -> None:
+        """Remove an AV call's outputs that nobody will collect (its client left)."""
+        if call.work_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, call.work_dir, True)
 
     async def complete(self, call: Admitted) -> OkResponse | ErrorResponse:
         """Wait for the call's thread until its deadline and build the answer."""
@@ -156,6 +220,7 @@ class CallExecutor:
             async with asyncio.timeout_at(self._loop_time_of(call.deadline)):
                 output = await asyncio.wrap_future(call.future)
         except TimeoutError:
+            call.cancel.set()  # an AV call's ffmpeg stops now rather than at its own deadline
             self.counters.timed_out += 1
             return self._failure(call.call_id, ProcessingFailed("deadline exceeded"))
         except DoraError as err:
@@ -170,6 +235,13 @@ class CallExecutor:
     def shutdown(self) -> None:
         """Drop queued calls; running threads finish on their own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._av_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _av_job(self, stages: Sequence[Sequence[str]], src: Source, call: AvCall) -> Output:
+        # Runs in an AV pool thread: waits for ffmpeg, may run image stages too.
+        if time.time() >= call.deadline:
+            raise ProcessingFailed("deadline exceeded")
+        return run_av_call(stages, src, call, self._chain)
 
     def _job(self, stages: Sequence[Sequence[str]], src: Source, deadline: float) -> Output:
         # Runs in a pool thread: may block, may burn CPU.

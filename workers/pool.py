@@ -30,7 +30,7 @@ from dora.errors import DoraError, ProcessingFailed, ServiceUnavailable, error_f
 from dora.ops import Output
 from dora.registry import Instance, Registry
 from dora.rpc import make_call, output_from_response
-from dora.workers.connection import ConnectionLost, WorkerConnection
+from dora.workers.connection import ConnectionLost, ProgressCallback, WorkerConnection
 from dora.workers.pool_state import Member, PoolStats, pool_stats
 
 log = logging.getLogger(__name__)
@@ -131,20 +131,32 @@ class WorkerPool:
         return self.instances()
 
     async def call(
-        self, stages: Sequence[WireStage], src: bytes | str, *, deadline: float
+        self,
+        stages: Sequence[WireStage],
+        src: bytes | str,
+        *,
+        deadline: float,
+        progress: ProgressCallback | None = None,
     ) -> Output:
         """Run a fused chain of builtin stages on ``src`` (bytes, or a path on
-        the worker's host) before ``deadline`` (unix time); raise its error."""
+        the worker's host) before ``deadline`` (unix time); raise its error.
+        ``progress`` hears how far the worker got (0-100; long AV stages)."""
         if self._state != "open":
             raise RuntimeError("the WorkerPool is not open")
         self.calls += 1
         try:
-            return await self._call([(s.op, s.argtext) for s in stages], src, deadline)
+            return await self._call([(s.op, s.argtext) for s in stages], src, deadline, progress)
         except DoraError:
             self.failures += 1
             raise
 
-    async def _call(self, wire: list[tuple[str, str]], src: bytes | str, deadline: float) -> Output:
+    async def _call(
+        self,
+        wire: list[tuple[str, str]],
+        src: bytes | str,
+        deadline: float,
+        progress: ProgressCallback | None,
+    ) -> Output:
         loop = asyncio.get_running_loop()
         end = loop.time() + (deadline - time.time())
         tried: set[str] = set()
@@ -161,7 +173,10 @@ class WorkerPool:
             try:
                 async with asyncio.timeout_at(end):
                     conn = await self._connect(member)
-                    reply = await conn.call(lambda cid: make_call(cid, wire, src, deadline))
+                    reply = await conn.call(
+                        lambda cid: make_call(cid, wire, src, deadline, progress=bool(progress)),
+                        progress=progress,
+                    )
             except ConnectionLost as exc:
                 self._mark_down(member, conn, exc)
                 last = exc

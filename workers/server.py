@@ -8,7 +8,9 @@ prints ``READY <port>`` on stdout once it is listening and registered.
 Each TCP connection is persistent and carries many calls at once (see
 :mod:`dora.rpc`); answers go back as calls finish, matched by id. A malformed
 or oversized frame closes that connection (after an ``id: 0`` error answer
-when it can), never the worker. SIGTERM or SIGINT drains: the check fails so
+when it can), never the worker. A ``cancel`` frame, or the connection
+closing, cancels its calls (an audio/video call's ffmpeg is killed); calls
+that ask for it get ``progress`` frames while they run. SIGTERM or SIGINT drains: the check fails so
 clients look elsewhere, new calls get 503, calls in flight finish (for at most
 ``shutdown_grace`` seconds), then the instance deregisters and the process
 exits.
@@ -24,12 +26,15 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import uvloop
 
+from dora.builtin_ops.resolver import DoraResolver
 from dora.config import Limits, Settings, load_settings
 from dora.errors import DoraError, ProcessingFailed
 from dora.registry import Instance
@@ -37,6 +42,7 @@ from dora.rpc import (
     CONNECTION_ID,
     FrameTooLarge,
     PongResponse,
+    ProgressMessage,
     ProtocolError,
     Response,
     encode_frame,
@@ -45,13 +51,15 @@ from dora.rpc import (
     read_frame,
 )
 from dora.workers.announce import Announcer
-from dora.workers.calls import Admitted, CallExecutor, run_builtin_chain
+from dora.workers.calls import Admitted, CallExecutor, builtin_chain
 from dora.workers.debug_ops import debug_ops_enabled, with_debug_ops
 from dora.workers.registry import ConsulRegistry
 
 log = logging.getLogger(__name__)
 
 SERVICE = "dora-builtin"
+PROGRESS_STEP = 1.0  # percentage points worth a progress frame at once
+PROGRESS_EVERY = 0.5  # seconds after which any change is worth one
 
 
 class WorkerServer:
@@ -128,6 +136,21 @@ class WorkerServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         peer = writer.get_extra_info("peername")
+        calls: dict[int, Admitted] = {}  # this connection's calls in flight, by id
+        try:
+            await self._read_calls(reader, writer, calls, peer)
+        finally:
+            # The client is gone or broke the protocol: nobody waits for these.
+            for call in calls.values():
+                self.executor.cancel(call)
+
+    async def _read_calls(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        calls: dict[int, Admitted],
+        peer: object,
+    ) -> None:
         while True:
             try:
                 msg = await read_frame(reader, self.limits.max_rpc_frame_bytes)
@@ -150,25 +173,61 @@ class WorkerServer:
                 pong = PongResponse(id=req["id"], ok=True, pong=True, load=self._load())
                 await self._send(writer, pong)
                 continue
-            admitted = self.executor.admit(req)
+            if "cancel" in req:
+                running = calls.get(req["id"])
+                if running is not None:
+                    self.executor.cancel(running)
+                continue
+            sink = self._progress_sink(req["id"], writer) if req.get("progress") else None
+            admitted = self.executor.admit(req, sink)
             if isinstance(admitted, Admitted):
-                self._spawn_call(admitted, writer)
+                calls[admitted.call_id] = admitted
+                self._spawn_call(admitted, writer, calls)
             else:
                 # Refusals are answered inline: a client flooding a busy worker
                 # is slowed by its own unread answers (TCP backpressure).
                 await self._send(writer, admitted)
 
-    def _spawn_call(self, call: Admitted, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.create_task(self._answer(call, writer), name=f"call-{call.call_id}")
+    def _spawn_call(
+        self, call: Admitted, writer: asyncio.StreamWriter, calls: dict[int, Admitted]
+    ) -> None:
+        task = asyncio.create_task(self._answer(call, writer, calls), name=f"call-{call.call_id}")
         self._call_tasks.add(task)
         task.add_done_callback(self._call_tasks.discard)
 
-    async def _answer(self, call: Admitted, writer: asyncio.StreamWriter) -> None:
+    async def _answer(
+        self, call: Admitted, writer: asyncio.StreamWriter, calls: dict[int, Admitted]
+    ) -> None:
         try:
             response = await self.executor.complete(call)
+            if "path" in response and (writer.is_closing() or call.cancel.is_set()):
+                await self.executor.discard_output(call)  # nobody will collect the files
             await self._send(writer, response)
         finally:
+            calls.pop(call.call_id, None)
             self.executor.release(call)
+
+    def _progress_sink(self, call_id: int, writer: asyncio.StreamWriter) -> Callable[[float], None]:
+        """A thread-safe sink sending a call's progress, thinned to what is news."""
+        loop = asyncio.get_running_loop()
+        last = [-PROGRESS_STEP, 0.0]  # percent and monotonic time of the last frame
+
+        def sink(percent: float) -> None:
+            now = time.monotonic()
+            moved = percent - last[0]
+            if moved == 0 or (abs(moved) < PROGRESS_STEP and now - last[1] < PROGRESS_EVERY):
+                return
+            last[0], last[1] = percent, now
+            msg = ProgressMessage(id=call_id, progress=round(percent, 2))
+            with contextlib.suppress(RuntimeError):  # the loop closed: the worker is exiting
+                loop.call_soon_threadsafe(self._send_now, writer, msg)
+
+        return sink
+
+    def _send_now(self, writer: asyncio.StreamWriter, msg: ProgressMessage) -> None:
+        # Small and thinned out: written without waiting for the buffer to drain.
+        if not writer.is_closing():
+            writer.write(encode_frame(msg, self.limits.max_rpc_frame_bytes))
 
     async def _send(self, writer: asyncio.StreamWriter, msg: Response) -> None:
         """Write one answer; one that cannot be framed becomes an error answer."""
@@ -219,10 +278,11 @@ async def serve(args: argparse.Namespace, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    chain = with_debug_ops(run_builtin_chain) if debug_ops_enabled() else run_builtin_chain
+    production = builtin_chain(DoraResolver.from_settings(settings))
+    chain = with_debug_ops(production) if debug_ops_enabled() else production
     executor = CallExecutor(
         settings.limits, threads=args.threads, chain=chain, source_root=settings.data_dir
-    )
+    )  # AV calls write under <data dir>/tmp/work
     async with WorkerServer(executor, grace=settings.shutdown_grace) as server:
         port = await server.start(args.host, args.port)
         async with contextlib.AsyncExitStack() as stack:

@@ -4,29 +4,40 @@ Everything hostile input can do is decided here, before pixels are
 allocated: the source's byte size (413), its format (an allowlist: Pillow's
 rarer plugins are never probed), and the size its header declares (a
 decompression bomb is a 400 from the header alone). Decoding errors of any
-kind (corrupt, truncated, unsupported) become a 400 with a clear message.
+kind (corrupt, truncated, unsupported) become a 400 with a clear message; a
+format whose codec this server lacks (AVIF, HEIC) is a 400 naming it.
+
+Decoding makes the pixels sRGB (:mod:`~.colour`): CMYK, Display P3 and
+other profiled sources are converted once, right after the (maybe DCT-scaled)
+decode. A CMYK JPEG without Adobe's marker stores plain ink amounts, where
+Pillow assumes Adobe's inverted ones; it is turned back here. An animated
+source opens as its first frame plus an :class:`~.animation.Animation`.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import struct
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageChops, UnidentifiedImageError
 
+from dora.builtin_ops import formats
+from dora.builtin_ops.image import colour, frames
+from dora.builtin_ops.image.animation import ANIMATED_SOURCES, Animation, source_loop
 from dora.builtin_ops.image.geometry import Size, exceeds
 from dora.builtin_ops.image.picture import Picture
+from dora.builtin_ops.image.quality import estimate_quality
 from dora.config import Limits
 from dora.errors import BadRequest, PayloadTooLarge
 
 # Formats a source may be in (MPO, the multi-picture JPEG of cameras, opens
 # through the JPEG plugin). Anything else is refused without being parsed.
-SOURCE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PSD", "AVIF")
-_FORMAT_NAMES = {"MPO": "jpeg"}
+# HEIF is there when pillow-heif is installed (see :mod:`dora.builtin_ops.formats`).
+SOURCE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PSD", "AVIF", "HEIF")
+_FORMAT_NAMES = {"MPO": "jpeg", "HEIF": "heic"}
 
 # What a broken file makes Pillow's plugins and decoders raise.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, TypeError)
+DECODE_ERRORS = frames.DECODE_ERRORS
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -42,6 +53,7 @@ _EXIF_ORIENTATION = 0x0112
 
 @functools.cache
 def _readable_formats() -> tuple[str, ...]:
+    formats.enable_heif()
     Image.init()  # registers every plugin once, so that OPEN lists them
     return tuple(name for name in SOURCE_FORMATS if name in Image.OPEN)
 
@@ -70,17 +82,34 @@ def open_picture(src: bytes, limits: Limits) -> Picture:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadRequest(f"image too large: {exc}") from exc
     except UnidentifiedImageError as exc:
+        sniffed = formats.sniff(src)
+        if sniffed is not None:
+            formats.require_readable(sniffed)  # a 400 naming a missing codec
         raise BadRequest("unsupported or corrupt image: format not recognised") from exc
     except DECODE_ERRORS as exc:
         raise BadRequest(f"corrupt image header: {exc}") from exc
     check_source_size(image.size, limits)
     fmt = (image.format or "").upper()
+    source_format = _FORMAT_NAMES.get(fmt, fmt.lower())
+    icc_profile = image.info.get("icc_profile") or None
+    animation = None
+    if source_format in ANIMATED_SOURCES:
+        try:
+            count = frames.count_frames(image, src, frames.MAX_COUNTED_FRAMES)
+        except DECODE_ERRORS as exc:
+            raise BadRequest(f"corrupt animation: {exc}") from exc
+        if count > 1:
+            animation = Animation(image, count, icc_profile=icc_profile, loop=source_loop(image))
+    quantization = getattr(image, "quantization", None) if source_format == "jpeg" else None
     return Picture(
         image=image,
         source=src,
-        source_format=_FORMAT_NAMES.get(fmt, fmt.lower()),
+        source_format=source_format,
         orientation=read_orientation(image) or 1,
-        icc_profile=image.info.get("icc_profile") or None,
+        icc_profile=icc_profile,
+        animation=animation,
+        source_quality=estimate_quality(quantization) if quantization else None,
+        source_dimensions=image.size,
     )
 
 
@@ -111,26 +140,54 @@ def draft(picture: Picture, raw_size: Size) -> int:
 
 
 def decode(picture: Picture) -> Image.Image:
-    """Decode the pixels (once); a corrupt or truncated image is a 400."""
+    """Decode the pixels (once) as sRGB; a corrupt or truncated image is a 400.
+
+    An animation decodes its first frame (coalesced, RGBA); the other frames
+    wait for the encode.
+    """
     if not picture.decoded:
+        animation = picture.animation
         try:
-            picture.image.load()
+            if animation is not None:
+                picture.image = animation.first_frame()
+            else:
+                picture.image.load()
         except Image.DecompressionBombError as exc:
             raise BadRequest(f"image too large: {exc}") from exc
         except DECODE_ERRORS as exc:
             raise BadRequest(f"corrupt or truncated image: {exc}") from exc
+        if animation is not None:
+            picture.icc_profile = animation.output_icc
+        else:
+            image = picture.image
+            if (
+                picture.source_format == "jpeg"
+                and image.mode == "CMYK"
+                and "adobe" not in image.info
+            ):
+                image = ImageChops.invert(image)  # plain CMYK, which Pillow took for Adobe's
+            picture.image, picture.icc_profile = colour.to_srgb(image, picture.icc_profile)
         picture.decoded = True
     return picture.image
 
 
 def orient(picture: Picture) -> Image.Image:
-    """Decode and apply the pending EXIF orientation."""
-    image = decode(picture)
-    if picture.orientation != 1:
-        image = image.transpose(_TRANSPOSE[picture.orientation])
-        picture.image = image
-        picture.orientation = 1
-    return image
+    """Decode and apply the pending EXIF orientation (every frame of an animation)."""
+    decode(picture)
+    transpose = _TRANSPOSE.get(picture.orientation)
+    picture.orientation = 1
+    if transpose is not None:
+        picture.apply(lambda image: image.transpose(transpose))
+    return picture.image
+
+
+def auto_orient(picture: Picture) -> None:
+    """Show the picture upright by its EXIF orientation, now (``imageMogr2/auto-orient``).
+
+    All eight orientations; the result carries no orientation (the encoder
+    writes no EXIF), so viewers do not turn it again.
+    """
+    orient(picture)
 
 
 def transpose_for(orientation: int) -> Image.Transpose | None:
@@ -171,7 +228,12 @@ def resampleable(image: Image.Image) -> Image.Image:
 
 def working_image(picture: Picture) -> Image.Image:
     """Decoded, oriented pixels in a resampleable mode (for ops that need pixels)."""
-    picture.image = resampleable(orient(picture))
+    image = orient(picture)
+    converted = resampleable(image)
+    if converted is not image:
+        picture.image = converted
+        if picture.animation is not None:
+            picture.animation.record(resampleable, converted)
     return picture.image
 
 
@@ -189,10 +251,9 @@ _MAGIC = (
 
 def sniff_mime(data: bytes) -> str:
     """The MIME type of image bytes from their signature (for returning them unchanged)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[4:12] in (b"ftypavif", b"ftypavis"):
-        return "image/avif"
+    sniffed = formats.sniff(data)
+    if sniffed is not None:
+        return formats.FORMATS[sniffed][1]
     for magic, mime in _MAGIC:
         if data.startswith(magic):
             return mime

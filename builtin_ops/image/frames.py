@@ -9,9 +9,28 @@ header that Pillow reads for free.
 
 from __future__ import annotations
 
+import struct
+
 from PIL import Image
 
 from dora.errors import BadRequest
+
+# Frames counted when a source opens: beyond, even imageInfo refuses it. How
+# many frames an op may decode is Limits.max_frames, checked when they are.
+MAX_COUNTED_FRAMES = 10_000
+
+# What a broken file makes Pillow's plugins and decoders raise.
+# (RuntimeError: the AVIF and HEIF decoders report damaged data with it.)
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    TypeError,
+    RuntimeError,
+)
 
 _EXTENSION, _IMAGE, _TRAILER = 0x21, 0x2C, 0x3B
 

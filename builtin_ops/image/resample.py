@@ -44,25 +44,30 @@ def scale_and_crop(picture: Picture, scaled: Size, crop: Box) -> None:
     left, top, right, bottom = raw_box(crop, scaled, orientation)
     out_size = (right - left, bottom - top)
     divisor = decode.draft(picture, stored_scaled)
-    image = decode.resampleable(decode.decode(picture))
-    if stored_scaled == stored:
-        result = image.crop((left, top, right, bottom))  # a crop alone: no resampling
-    else:
-        # The crop box in the decoded (maybe drafted) image's coordinates: one
-        # division of exact integers, so the far edge never lands past the
-        # image by a rounding error (Pillow refuses such a box).
-        sx, sy = stored_scaled[0] * divisor, stored_scaled[1] * divisor
-        width, height = image.size
-        box = (
-            left * stored[0] / sx,
-            top * stored[1] / sy,
-            min(width, right * stored[0] / sx),
-            min(height, bottom * stored[1] / sy),
-        )
-        result = image.resize(out_size, RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+    # The crop box in the decoded (maybe drafted) image's coordinates: one
+    # division of exact integers, so the far edge never lands past the
+    # image by a rounding error (Pillow refuses such a box).
+    width, height = decode.decode(picture).size
+    sx, sy = stored_scaled[0] * divisor, stored_scaled[1] * divisor
+    box = (
+        left * stored[0] / sx,
+        top * stored[1] / sy,
+        min(width, right * stored[0] / sx),
+        min(height, bottom * stored[1] / sy),
+    )
     transpose = decode.transpose_for(orientation)
-    if transpose is not None:
-        result = result.transpose(transpose)
-    picture.image = result
+
+    def scale(image: Image.Image) -> Image.Image:
+        # through Picture.apply: an animation's every frame is scaled alike
+        sixteen_bit = image.mode.startswith("I;16")  # resampled as 32-bit "I", kept 16-bit
+        image = image.convert("I") if sixteen_bit else decode.resampleable(image)
+        if stored_scaled == stored:
+            result = image.crop((left, top, right, bottom))  # a crop alone: no resampling
+        else:
+            result = image.resize(out_size, RESAMPLE, box=box, reducing_gap=REDUCING_GAP)
+        if sixteen_bit:
+            result = result.convert("I;16")
+        return result.transpose(transpose) if transpose is not None else result
+
+    picture.apply(scale)
     picture.orientation = 1
-    picture.touched = True

@@ -1,0 +1,38 @@
+"""Where an installation keeps its data, under one data directory.
+
+Every process of ``dora serve`` (gateways, workers, the dispatcher) finds the
+same files through these functions, so the layout is written down once::
+
+    <data_dir>/
+        buckets/          the local object store (one folder per bucket)
+        jobs.sqlite3      the durable job store (WAL)
+        keys.json         the access key pairs
+        serve.json        the running supervisor's address and registry
+        tmp/work/         outputs of audio/video calls before they are saved
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dora.config import Settings
+
+BUCKETS_DIR = "buckets"
+JOBS_DB = "jobs.sqlite3"
+SERVE_STATE = "serve.json"
+WORK_DIR = Path("tmp") / "work"
+
+
+def buckets_root(settings: Settings) -> Path:
+    """The local object store's root."""
+    return settings.data_dir.resolve() / BUCKETS_DIR
+
+
+def job_store_path(settings: Settings) -> Path:
+    """The SQLite job store shared by the gateways and the dispatcher."""
+    return settings.data_dir.resolve() / JOBS_DB
+
+
+def work_root(settings: Settings) -> Path:
+    """Where workers write audio/video outputs for the dispatcher to save."""
+    return settings.data_dir.resolve() / WORK_DIR
