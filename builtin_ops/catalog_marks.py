@@ -34,20 +34,10 @@ from types import MappingProxyType
 from typing import Any
 
 from dora.b64 import decode_text
+from dora.builtin_ops.gravity import GRAVITIES
 from dora.errors import DoraError, InvalidArgument
 from dora.schema import B64TextParam, EnumParam, FloatParam, IntParam, OpSpec
 
-GRAVITIES = (
-    "NorthWest",
-    "North",
-    "NorthEast",
-    "West",
-    "Center",
-    "East",
-    "SouthWest",
-    "South",
-    "SouthEast",
-)
 MAX_MARK_TEXT_CHARS = 256
 MAX_FONT_NAME_CHARS = 64
 MAX_FONT_TWIPS = 20 * 512  # 512 px

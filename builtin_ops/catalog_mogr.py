@@ -16,8 +16,8 @@ import re
 from types import MappingProxyType
 from typing import Any
 
+from dora.builtin_ops.gravity import GRAVITIES
 from dora.builtin_ops.image.mogr_geometry import (
-    GRAVITIES,
     Crop,
     GeometryError,
     Thumbnail,

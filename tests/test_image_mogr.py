@@ -16,8 +16,8 @@ from imagesim import psnr, ssim
 from PIL import Image, ImageOps
 
 from dora.builtin_ops.catalog import BUILTIN_CATALOG
+from dora.builtin_ops.gravity import GRAVITIES
 from dora.builtin_ops.image import decode
-from dora.builtin_ops.image.mogr_geometry import GRAVITIES
 from dora.builtin_ops.image.picture import Picture
 from dora.builtin_ops.runner import parse_wire_stages, run_chain
 from dora.config import Limits

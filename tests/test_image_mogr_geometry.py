@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dora.builtin_ops.catalog import BUILTIN_CATALOG
+from dora.builtin_ops.gravity import GRAVITIES
 from dora.builtin_ops.image.mogr import Effect, Resample, plan
 from dora.builtin_ops.image.mogr_geometry import (
-    GRAVITIES,
     Crop,
     GeometryError,
     Region,

@@ -17,17 +17,6 @@ from __future__ import annotations
 import dataclasses
 
 # Where a mark sits, Qiniu's names; the margin to the edges it touches is 10 px.
-GRAVITIES = (
-    "NorthWest",
-    "North",
-    "NorthEast",
-    "West",
-    "Center",
-    "East",
-    "SouthWest",
-    "South",
-    "SouthEast",
-)
 MARGIN = 10
 
 

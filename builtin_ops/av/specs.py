@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from dora.builtin_ops.av.filters import GRAVITIES
 from dora.builtin_ops.av.formats import (
     AUDIO_CODEC_NAMES,
     COPY,
@@ -30,6 +29,7 @@ from dora.builtin_ops.av.formats import (
     container,
     video_encoder,
 )
+from dora.builtin_ops.gravity import GRAVITIES
 from dora.errors import InvalidArgument
 from dora.schema import (
     B64BytesParam,

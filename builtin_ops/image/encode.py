@@ -36,18 +36,8 @@ from dora.config import Limits
 from dora.errors import BadRequest
 from dora.ops import Output
 
-# output name -> (Pillow format, MIME type)
-OUTPUT_FORMATS: Mapping[str, tuple[str, str]] = {
-    "jpg": ("JPEG", "image/jpeg"),
-    "png": ("PNG", "image/png"),
-    "gif": ("GIF", "image/gif"),
-    "webp": ("WEBP", "image/webp"),
-    "bmp": ("BMP", "image/bmp"),
-    "tiff": ("TIFF", "image/tiff"),
-    "avif": ("AVIF", "image/avif"),
-    "heic": ("HEIF", "image/heic"),
-}
-_ALIASES = {"jpeg": "jpg", "tif": "tiff", "heif": "heic"}
+# output name -> (Pillow format, MIME type): one table, in builtin_ops.formats
+OUTPUT_FORMATS = formats.FORMATS
 _WHITE = (255, 255, 255)
 # modes each writer takes as they are; anything else is converted first
 _NATIVE_MODES: Mapping[str, tuple[str, ...]] = {
@@ -64,10 +54,7 @@ _LOSSY = ("jpg", "webp", "avif", "heic")  # formats with a quality
 _FLATTENED = ("jpg", "bmp")  # formats without alpha
 
 
-def normalise_format(name: str) -> str:
-    """``jpeg`` → ``jpg``, ``tif`` → ``tiff``; other names as given (lower case)."""
-    name = name.lower()
-    return _ALIASES.get(name, name)
+normalise_format = formats.normalise  # ``jpeg`` → ``jpg``, ``tif`` → ``tiff``
 
 
 def output_format(picture: Picture) -> str:

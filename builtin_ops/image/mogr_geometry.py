@@ -36,17 +36,6 @@ from typing import Literal
 
 from dora.builtin_ops.image.geometry import Box, Size, round_side
 
-GRAVITIES = (
-    "NorthWest",
-    "North",
-    "NorthEast",
-    "West",
-    "Center",
-    "East",
-    "SouthWest",
-    "South",
-    "SouthEast",
-)
 MAX_SIDE = 30000  # a bound in a geometry; larger than any image may be, on purpose
 MAX_PERCENT = 999
 MAX_AREA = 150_000_000
