@@ -1,4 +1,4 @@
-"""The ``dora`` command line: serve, keys, put, get.
+"""The ``dora`` command line: serve, status, keys, put, get.
 
 Heavy imports (aiohttp, the scheduler) happen inside the commands, so
 ``dora keys`` is instant and the core stays free of them at import time.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dora.cli_jobs import add_job_commands
+from dora.cli_status import add_status_command
 from dora.config import Settings, load_settings
 from dora.errors import DoraError
 
@@ -38,11 +39,18 @@ def _gateway_url(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from dora.scheduler.supervisor import serve  # noqa: PLC0415
+    from dora.logs import setup_logging  # noqa: PLC0415
+    from dora.metrics import use_metrics_dir  # noqa: PLC0415
 
     settings = _settings(
         args, port=args.port, host=args.host, workers=args.workers, gateways=args.gateways
     )
+    setup_logging("serve")  # DORA_LOG_LEVEL, DORA_LOG_FORMAT=text|json
+    # Before prometheus-client is first imported (with the supervisor), which
+    # is when it decides to keep its values in the shared files.
+    use_metrics_dir(settings.data_dir)
+    from dora.scheduler.supervisor import serve  # noqa: PLC0415
+
     try:
         import uvloop  # noqa: PLC0415
 
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     add_job_commands(sub, common)  # pfop, prefop, pipeline, job
+    add_status_command(sub, common)  # status
     return parser
 
 

@@ -9,6 +9,8 @@ same files through these functions, so the layout is written down once::
         keys.json         the access key pairs
         serve.json        the running supervisor's address and registry
         tmp/work/         outputs of audio/video calls before they are saved
+        tmp/metrics/      Prometheus multiprocess files of every process
+        tmp/uploads/      resumable uploads in progress (v1 blocks, v2 parts)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ BUCKETS_DIR = "buckets"
 JOBS_DB = "jobs.sqlite3"
 SERVE_STATE = "serve.json"
 WORK_DIR = Path("tmp") / "work"
+UPLOADS_DIR = Path("tmp") / "uploads"
 
 
 def buckets_root(settings: Settings) -> Path:
@@ -36,3 +39,8 @@ def job_store_path(settings: Settings) -> Path:
 def work_root(settings: Settings) -> Path:
     """Where workers write audio/video outputs for the dispatcher to save."""
     return settings.data_dir.resolve() / WORK_DIR
+
+
+def uploads_root(settings: Settings) -> Path:
+    """Where resumable uploads keep their blocks and parts until completed."""
+    return settings.data_dir.resolve() / UPLOADS_DIR

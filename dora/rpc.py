@@ -7,7 +7,8 @@ connection; each carries an ``id`` and responses may come back in any order.
 
 Messages (see the TypedDicts below)::
 
-    call      {id, stages: [[op, argtext], ...], src: {bytes|path|url}, deadline[, progress]}
+    call      {id, stages: [[op, argtext], ...], src: {bytes|path|url}, deadline,
+               [progress,] [reqid]}
     ok        {id, ok: True, mime, body | path, meta, load}
     error     {id, ok: False, code, error, load}
     ping      {id, ping: True}          ->   {id, ok: True, pong: True, load}
@@ -19,6 +20,9 @@ got while it runs; a cancelled call still gets its answer (usually a 599
 "cancelled"), which the client may ignore. A worker also cancels the calls of
 a connection that closes.
 
+``reqid`` is the request id of the client's request (the gateway's
+``X-Reqid``, a job's reqid), for the worker's log; a peer that does not know
+it ignores it, and one that is not a short printable string is dropped.
 ``deadline`` is a unix time (seconds). ``load`` is the worker's count of calls
 in flight. A worker that runs out of time answers ``599 "deadline exceeded"``
 (a processing failure, never retried); ``503`` means busy or shutting down and
@@ -48,6 +52,7 @@ from dora.ops import Output
 HEADER = struct.Struct(">I")
 MAX_WIRE_FRAME = 0xFFFFFFFF  # what a 4-byte length can say
 CONNECTION_ID = 0  # responses about the connection itself, not one call
+MAX_REQID_CHARS = 128
 
 
 class ProtocolError(DoraError):
@@ -89,6 +94,7 @@ class CallRequest(TypedDict):
     src: Source
     deadline: float
     progress: NotRequired[bool]
+    reqid: NotRequired[str]
 
 
 @final
@@ -272,6 +278,9 @@ def parse_request(msg: Mapping[str, Any]) -> Request:
     req = CallRequest(id=call_id, stages=stages, src=source, deadline=float(deadline))
     if msg.get("progress") is True:
         req["progress"] = True
+    reqid = msg.get("reqid")
+    if isinstance(reqid, str) and 0 < len(reqid) <= MAX_REQID_CHARS and reqid.isprintable():
+        req["reqid"] = reqid
     return req
 
 
@@ -282,15 +291,19 @@ def make_call(
     deadline: float,
     *,
     progress: bool = False,
+    reqid: str | None = None,
 ) -> CallRequest:
     """Build a call request; a ``str`` source is a path on the worker's host.
-    ``progress`` asks the worker for progress messages while the call runs."""
+    ``progress`` asks the worker for progress messages while the call runs;
+    ``reqid`` tags the call with the request it serves (for the worker's log)."""
     source: Source = SrcBytes(bytes=src) if isinstance(src, bytes) else SrcPath(path=src)
     req = CallRequest(
         id=call_id, stages=[[op, arg] for op, arg in stages], src=source, deadline=deadline
     )
     if progress:
         req["progress"] = True
+    if reqid:
+        req["reqid"] = reqid[:MAX_REQID_CHARS]
     return req
 
 

@@ -3,7 +3,10 @@
 Routes::
 
     GET  /health                       liveness, and how many workers are ready
+    GET  /metrics                      Prometheus metrics (dora.gateway.metrics)
     POST /                             form upload (dora.gateway.upload)
+    POST /mkblk, /bput, /mkfile        resumable upload v1 (dora.gateway.resumable_v1)
+    *    /buckets/<b>/objects/<k>/uploads[/...]   resumable upload v2 (dora.gateway.resumable_v2)
     GET  /<bucket>/<key>[?<fops>]      download or processing URL
     HEAD /<bucket>/<key>[?<fops>]
     GET  /<key>[?<fops>]               the same on a bucket domain (Host → bucket)
@@ -30,8 +33,10 @@ from dora.gateway.cache import ResultCache, SourceCache
 from dora.gateway.context import GatewayContext, ReportsHealth
 from dora.gateway.errors import add_reqid_header, error_middleware
 from dora.gateway.jobs_wiring import add_job_routes
+from dora.gateway.metrics import add_metrics, observe_middleware
 from dora.gateway.objects import serve_object
 from dora.gateway.process import ChainRunner, serve_processed
+from dora.gateway.resumable_v2 import add_resumable_routes
 from dora.gateway.upload import handle_upload
 from dora.gateway.urls import full_url, resolve_target
 from dora.tokens import verify_download_url
@@ -81,7 +86,7 @@ def build_app(ctx: GatewayContext) -> web.Application:
     """The aiohttp application of one gateway around ``ctx``."""
     settings = ctx.settings
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[observe_middleware, error_middleware],
         client_max_size=settings.limits.max_upload_bytes + MULTIPART_OVERHEAD,
     )
     sources = SourceCache(settings.source_cache_bytes)
@@ -94,7 +99,9 @@ def build_app(ctx: GatewayContext) -> web.Application:
     app.on_cleanup.append(_close_caches)
     app.router.add_get("/health", handle_health)
     app.router.add_post("/", handle_post_root)
+    add_resumable_routes(app.router, ctx)  # /mkblk, /bput, /mkfile, /buckets/.../uploads
     add_job_routes(app.router, ctx)  # /pfop, /status/get/prefop, /v1/...
+    add_metrics(app, ctx, app[RESULTS], sources)  # GET /metrics
     app.router.add_get("/{tail:.+}", handle_get)  # HEAD too (allow_head)
     return app
 

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from dora.gateway.jobs_wiring import with_jobs
 from dora.jobstore import SqliteJobStore
 from dora.keys import keyring_for
 from dora.layout import buckets_root, job_store_path
+from dora.logs import setup_logging
 from dora.storage.local import LocalStore
 from dora.workers.pool import WorkerPool
 from dora.workers.registry import ConsulRegistry
@@ -113,11 +113,7 @@ async def _main(args: argparse.Namespace, settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -P -m dora.gateway.main``."""
     args = _arg_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("DORA_LOG_LEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s gateway[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging("gateway")  # DORA_LOG_LEVEL, DORA_LOG_FORMAT=text|json
     try:
         settings = load_settings(
             args.config, data_dir=args.data_dir, host=args.host, port=args.port

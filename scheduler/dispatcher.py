@@ -51,6 +51,7 @@ from dora.scheduler.jobrun import (
     Outcome,
     Processor,
 )
+from dora.scheduler.metrics import timed_run
 from dora.scheduler.notify import Notifier, NotifyPolicy
 from dora.storage.base import ObjectStore
 
@@ -202,7 +203,9 @@ class Dispatcher:
     def _start(self, job: Job) -> None:
         log.info("job %s: leased (attempt %d, %d items pending)", job.id, job.attempts,
                  len(job.pending_items()))  # fmt: skip
-        task = asyncio.create_task(JobRun(self.ctx, job).run(), name=f"run-{job.id}")
+        # timed_run: the job's reqid on its worker calls, its duration in the metrics.
+        run = timed_run(JobRun(self.ctx, job).run(), job)
+        task = asyncio.create_task(run, name=f"run-{job.id}")
         self._runs[job.id] = task
         task.add_done_callback(functools.partial(self._finished, job.id))
 

@@ -52,6 +52,7 @@ from dora.jobs import Job, JobCode, JobItem, LeaseLost
 from dora.jobstore import JobStore
 from dora.ops import Output
 from dora.scheduler.jobsave import Saved, auto_key, existing, save_output
+from dora.scheduler.metrics import item_finished
 from dora.storage.base import ObjectStore
 from dora.workers.avchain import work_dir_of
 
@@ -84,7 +85,10 @@ class DispatchPolicy:
     max_jobs: int = 8  # jobs running at once in this dispatcher
     lease_seconds: float = 15.0  # short: a dead runner's jobs come back soon
     heartbeat_interval: float = 3.0
-    poll_interval: float = 1.0  # between leases while the queues are empty
+    # between leases while the queues are empty: jobs arrive from gateways in
+    # other processes, so this is the pickup delay of a new job (an idle lease is
+    # one small SQLite transaction)
+    poll_interval: float = 0.2
     progress_interval: float = 2.0  # between progress writes of one item
     retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)  # transient failures of one item
     release_pause: float = 5.0  # no leasing after a transient release, doubling
@@ -184,8 +188,10 @@ class JobRun:
         store, owner = self.ctx.store, self.ctx.owner
         try:
             for item in self.job.pending_items():
+                started = time.monotonic()
                 result = await self._item(item)
                 await store.update_item(self.job.id, owner, result)
+                item_finished(self.job, result, time.monotonic() - started)  # log line, metrics
         except Transient as exc:
             log.warning("job %s released: %s", self.job.id, exc)
             await store.release(self.job.id, owner, str(exc))

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -37,6 +36,7 @@ from dora.config import Settings, load_settings
 from dora.errors import DoraError
 from dora.jobstore import SqliteJobStore
 from dora.layout import buckets_root, job_store_path, work_root
+from dora.logs import setup_logging
 from dora.registry import Registry
 from dora.scheduler.dispatcher import Dispatcher, DispatchPolicy, NotifyPolicy
 from dora.storage.local import LocalStore
@@ -145,11 +145,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -P -m dora.scheduler.jobserve``."""
     args = _arg_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("DORA_LOG_LEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s jobs[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging("jobs")  # DORA_LOG_LEVEL, DORA_LOG_FORMAT=text|json
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
         uvloop.run(_serve(args, settings))

@@ -44,6 +44,7 @@ from dora import ssrf
 from dora.errors import BadRequest, DoraError, Forbidden
 from dora.jobs import Job
 from dora.jobstore import JobStore
+from dora.scheduler.metrics import notify_attempt, notify_settled
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class Notifier:
                 self.delivered += 1
             else:
                 self.failed += 1
+            notify_settled("delivered" if ok else "refused" if attempts == 0 else "failed")
 
     async def deliver(self, job: Job) -> tuple[bool, int]:
         """POST the job's status to its notifyURL: ``(delivered, attempts made)``."""
@@ -217,6 +219,7 @@ class Notifier:
         policy = self.policy
         for attempt in range(1, policy.attempts + 1):
             outcome = await self._post(url, body)
+            notify_attempt(outcome)
             if outcome is None:
                 log.info("notify of job %s delivered (attempt %d)", job.id, attempt)
                 return True, attempt

@@ -6,6 +6,11 @@ gateway process(es), which share the port. The job dispatcher runs in the
 supervisor too (:mod:`dora.scheduler.jobserve`). Shutdown runs in reverse:
 the dispatcher gives its running jobs back, the gateways drain, then the
 workers, then the registry stops.
+
+Every process writes its metrics into ``<data_dir>/tmp/metrics``, emptied at
+start, which any gateway's ``/metrics`` merges; the supervisor copies the
+scheduler's restarts into it and sweeps dead processes' files
+(:mod:`dora.metrics`, :mod:`dora.scheduler.metrics`).
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from pathlib import Path
 from dora.config import Limits, Settings
 from dora.keys import ensure_keys
 from dora.layout import SERVE_STATE as STATE_FILE
+from dora.metrics import metrics_dir, metrics_env, reset_metrics_dir
 from dora.scheduler.core import Scheduler, ServiceSpec
 from dora.scheduler.embedded_registry import EmbeddedRegistry
 from dora.scheduler.jobserve import running_dispatcher
 from dora.scheduler.local import LocalProvider
+from dora.scheduler.metrics import MetricsKeeper
 from dora.scheduler.provider import Resources
 from dora.workers.registry import ConsulRegistry
 
@@ -59,7 +66,7 @@ def _python_module(module: str, *args: str) -> tuple[str, ...]:
 
 def build_services(settings: Settings, registry_port: int) -> list[ServiceSpec]:
     registry = f"{settings.registry_host}:{registry_port}"
-    env = settings_env(settings)
+    env = {**settings_env(settings), **metrics_env(settings.data_dir)}
     data_dir = str(settings.data_dir.resolve())
 
     def worker_command(task_id: str) -> tuple[str, ...]:
@@ -124,6 +131,7 @@ async def running_platform(settings: Settings) -> AsyncIterator[Scheduler]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_keys(settings.data_dir)
     _check_port_free(settings.host, settings.port)
+    reset_metrics_dir(metrics_dir(settings.data_dir))  # a previous run's files
     registry_server = EmbeddedRegistry(datacenter=settings.datacenter)
     registry_port = await registry_server.start(settings.registry_host, settings.registry_port)
     try:
@@ -143,7 +151,10 @@ async def running_platform(settings: Settings) -> AsyncIterator[Scheduler]:
                 async with asyncio.timeout(STARTUP_TIMEOUT):
                     await scheduler.wait_running(WORKER_SERVICE, 1)
                     await scheduler.wait_running(GATEWAY_SERVICE, 1)
-                async with running_dispatcher(settings, registry):
+                async with (
+                    running_dispatcher(settings, registry) as dispatcher,
+                    MetricsKeeper(scheduler, [dispatcher.ctx.processor]),
+                ):
                     _write_state(settings, registry_port)
                     yield scheduler
             finally:

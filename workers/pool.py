@@ -27,6 +27,7 @@ from typing import Protocol, Self
 
 from dora.config import Limits
 from dora.errors import DoraError, ProcessingFailed, ServiceUnavailable, error_from_status
+from dora.logs import current_reqid
 from dora.ops import Output
 from dora.registry import Instance, Registry
 from dora.rpc import make_call, output_from_response
@@ -160,6 +161,7 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         end = loop.time() + (deadline - time.time())
         tried: set[str] = set()
+        reqid = current_reqid()  # the request this call serves, for the worker's log
         last: DoraError = ServiceUnavailable(f"no {self.service} instance answered")
         for attempt in range(self.max_attempts):
             if loop.time() >= end:
@@ -174,7 +176,9 @@ class WorkerPool:
                 async with asyncio.timeout_at(end):
                     conn = await self._connect(member)
                     reply = await conn.call(
-                        lambda cid: make_call(cid, wire, src, deadline, progress=bool(progress)),
+                        lambda cid: make_call(
+                            cid, wire, src, deadline, progress=bool(progress), reqid=reqid
+                        ),
                         progress=progress,
                     )
             except ConnectionLost as exc:

@@ -14,6 +14,10 @@ that ask for it get ``progress`` frames while they run. SIGTERM or SIGINT drains
 clients look elsewhere, new calls get 503, calls in flight finish (for at most
 ``shutdown_grace`` seconds), then the instance deregisters and the process
 exits.
+
+Every call is counted, timed and logged in one line with the ``reqid`` the
+client sent (:mod:`dora.workers.metrics`); logs go to stderr as
+``DORA_LOG_FORMAT`` says (:mod:`dora.logs`).
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ import uvloop
 from dora.builtin_ops.resolver import DoraResolver
 from dora.config import Limits, Settings, load_settings
 from dora.errors import DoraError, ProcessingFailed
+from dora.logs import setup_logging
 from dora.registry import Instance
 from dora.rpc import (
     CONNECTION_ID,
+    ErrorResponse,
     FrameTooLarge,
+    OkResponse,
     PongResponse,
     ProgressMessage,
     ProtocolError,
@@ -53,6 +60,7 @@ from dora.rpc import (
 from dora.workers.announce import Announcer
 from dora.workers.calls import Admitted, CallExecutor, builtin_chain
 from dora.workers.debug_ops import debug_ops_enabled, with_debug_ops
+from dora.workers.metrics import CallObserver, CallRecord
 from dora.workers.registry import ConsulRegistry
 
 log = logging.getLogger(__name__)
@@ -65,8 +73,11 @@ PROGRESS_EVERY = 0.5  # seconds after which any change is worth one
 class WorkerServer:
     """Serves RPC calls on TCP; an async context manager that drains on exit."""
 
-    def __init__(self, executor: CallExecutor, *, grace: float = 10.0) -> None:
+    def __init__(
+        self, executor: CallExecutor, *, grace: float = 10.0, observer: CallObserver | None = None
+    ) -> None:
         self.executor = executor
+        self.observer = observer  # counts and logs each call (None: not observed)
         self.limits: Limits = executor.limits
         self._grace = grace
         self._server: asyncio.Server | None = None
@@ -179,25 +190,39 @@ class WorkerServer:
                     self.executor.cancel(running)
                 continue
             sink = self._progress_sink(req["id"], writer) if req.get("progress") else None
+            record = self.observer.begin(req) if self.observer is not None else None
             admitted = self.executor.admit(req, sink)
             if isinstance(admitted, Admitted):
                 calls[admitted.call_id] = admitted
-                self._spawn_call(admitted, writer, calls)
+                self._spawn_call(admitted, writer, calls, record)
             else:
+                if self.observer is not None and record is not None:
+                    self.observer.end(record, admitted)
                 # Refusals are answered inline: a client flooding a busy worker
                 # is slowed by its own unread answers (TCP backpressure).
                 await self._send(writer, admitted)
 
     def _spawn_call(
-        self, call: Admitted, writer: asyncio.StreamWriter, calls: dict[int, Admitted]
+        self,
+        call: Admitted,
+        writer: asyncio.StreamWriter,
+        calls: dict[int, Admitted],
+        record: CallRecord | None = None,
     ) -> None:
-        task = asyncio.create_task(self._answer(call, writer, calls), name=f"call-{call.call_id}")
+        task = asyncio.create_task(
+            self._answer(call, writer, calls, record), name=f"call-{call.call_id}"
+        )
         self._call_tasks.add(task)
         task.add_done_callback(self._call_tasks.discard)
 
     async def _answer(
-        self, call: Admitted, writer: asyncio.StreamWriter, calls: dict[int, Admitted]
+        self,
+        call: Admitted,
+        writer: asyncio.StreamWriter,
+        calls: dict[int, Admitted],
+        record: CallRecord | None = None,
     ) -> None:
+        response: OkResponse | ErrorResponse | None = None
         try:
             response = await self.executor.complete(call)
             if "path" in response and (writer.is_closing() or call.cancel.is_set()):
@@ -206,6 +231,8 @@ class WorkerServer:
         finally:
             calls.pop(call.call_id, None)
             self.executor.release(call)
+            if self.observer is not None and record is not None:
+                self.observer.end(record, response)  # None: cancelled before its answer
 
     def _progress_sink(self, call_id: int, writer: asyncio.StreamWriter) -> Callable[[float], None]:
         """A thread-safe sink sending a call's progress, thinned to what is news."""
@@ -279,22 +306,25 @@ async def serve(args: argparse.Namespace, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     production = builtin_chain(DoraResolver.from_settings(settings))
-    chain = with_debug_ops(production) if debug_ops_enabled() else production
+    observer = CallObserver()
+    chain = observer.wrap_chain(with_debug_ops(production) if debug_ops_enabled() else production)
     executor = CallExecutor(
         settings.limits, threads=args.threads, chain=chain, source_root=settings.data_dir
     )  # AV calls write under <data dir>/tmp/work
-    async with WorkerServer(executor, grace=settings.shutdown_grace) as server:
+    async with WorkerServer(executor, grace=settings.shutdown_grace, observer=observer) as server:
         port = await server.start(args.host, args.port)
+        address = args.advertise or args.host
+        instance_id = args.instance_id or f"{SERVICE}-{address}-{port}-{os.getpid()}"
         async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(observer.gauges(instance_id, lambda: executor.inflight))
             announcer: Announcer | None = None
             if args.registry is not None:
                 datacenter = args.datacenter or settings.datacenter
                 registry_host, registry_port = args.registry
                 registry = ConsulRegistry(registry_host, registry_port, datacenter=datacenter)
                 await stack.enter_async_context(registry)
-                address = args.advertise or args.host
                 instance = Instance(
-                    id=args.instance_id or f"{SERVICE}-{address}-{port}-{os.getpid()}",
+                    id=instance_id,
                     service=SERVICE,
                     address=address,
                     port=port,
@@ -318,11 +348,7 @@ async def serve(args: argparse.Namespace, settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -P -m dora.workers.server``."""
     args = _arg_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("DORA_LOG_LEVEL", "INFO").upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging("worker")  # DORA_LOG_LEVEL, DORA_LOG_FORMAT=text|json
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
         uvloop.run(serve(args, settings))
