@@ -69,7 +69,7 @@ SCAN_INTERVAL = 1.0  # how long a scan of the bytes on disk is trusted
 STALE_TEMP_SECONDS = 3600.0
 LOCK_TIMEOUT = 30.0
 LOCK_POLL = 0.02
-RETRY_AFTER = 30.0
+RETRY_AFTER = 10.0  # clients (urllib3 under the qiniu SDK) wait this long, then retry
 _ID = re.compile(r"[0-9a-f]{32}")
 _PART_FILE = re.compile(r"(\d{5})-([0-9a-f]{32})")
 
@@ -100,8 +100,8 @@ class PartLimits:
 
     @classmethod
     def from_limits(cls, limits: Limits) -> PartLimits:
-        """Room for two uploads of the largest size at once."""
-        return cls(max_total_bytes=2 * limits.max_upload_bytes)
+        """Room for four uploads of the largest size at once."""
+        return cls(max_total_bytes=4 * limits.max_upload_bytes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -458,7 +458,7 @@ class PartStore:
             except FileNotFoundError:
                 raise NoSuchUpload() from None
 
-        fd = await asyncio.to_thread(open_lock)
+        fd = await finish_in_thread(open_lock, abandon=os.close)
         try:
             deadline = time.monotonic() + LOCK_TIMEOUT
             while not _try_lock(fd):

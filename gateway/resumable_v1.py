@@ -46,6 +46,7 @@ from dora.gateway.uploadcore import (
     Assembled,
     UploadIntent,
     finish_upload,
+    int_param,
     policy_from_header,
     store_assembled,
     upload_limit,
@@ -98,12 +99,6 @@ def decode_ctx(key: bytes, text: str, access_key: str, now: float | None = None)
     if (time.time() if now is None else now) > expires_at:
         raise UploadExpired("ctx expired")
     return BlockCtx(block_id, owner, size, offset, expires_at)
-
-
-def _int(text: str, name: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be an integer in {low}..{high}, got {text[:32]!r}")
-    return int(text)
 
 
 def _content_length(request: web.Request, high: int) -> int:
@@ -166,7 +161,7 @@ class ResumableV1:
     async def mkblk(self, request: web.Request) -> web.Response:
         """``POST /mkblk/<blockSize>``: a new block and its first chunk."""
         policy = await policy_from_header(request, self.ctx)
-        size = _int(request.match_info["size"], "blockSize", 1, BLOCK_SIZE)
+        size = int_param(request.match_info["size"], "blockSize", 1, BLOCK_SIZE)
         limit = upload_limit(self.ctx.settings, policy)
         if size > limit:
             raise PayloadTooLarge(f"file is larger than the limit of {limit} bytes")
@@ -181,7 +176,7 @@ class ResumableV1:
         policy = await policy_from_header(request, self.ctx, vet=False)
         key = await self.parts.signing_key()
         block = decode_ctx(key, request.match_info["ctx"], policy.access_key)
-        offset = _int(request.match_info["offset"], "nextChunkOffset", 0, BLOCK_SIZE)
+        offset = int_param(request.match_info["offset"], "nextChunkOffset", 0, BLOCK_SIZE)
         if offset != block.offset:
             raise UploadExpired(f"this ctx is for the chunk at {block.offset}, not {offset}")
         if block.offset >= block.size:
@@ -191,9 +186,7 @@ class ResumableV1:
     async def mkfile(self, request: web.Request) -> web.Response:
         """``POST /mkfile/<fileSize>/...``: the blocks, in order, become the object."""
         policy = await policy_from_header(request, self.ctx)
-        file_size = int(request.match_info["size"])
-        if file_size < 1:
-            raise BadRequest("fileSize must be positive")
+        file_size = int_param(request.match_info["size"], "fileSize", 1, 2**62)
         params = _parse_params(request.match_info["params"])
         intent = UploadIntent(
             self.ctx,

@@ -52,6 +52,7 @@ from dora.gateway.uploadcore import (
     Assembled,
     UploadIntent,
     finish_upload,
+    int_param,
     policy_from_header,
     store_assembled,
     upload_limit,
@@ -188,9 +189,7 @@ class ResumableV2:
     async def upload_part(self, request: web.Request) -> web.Response:
         """Receive one part; ``{"etag", "md5"}``."""
         policy, session = await self._session(request)
-        number = int(request.match_info["part"])
-        if not 1 <= number <= self.parts.limits.max_parts:
-            raise BadRequest(f"partNumber must be in 1..{self.parts.limits.max_parts}")
+        number = int_param(request.match_info["part"], "partNumber", 1, self.parts.limits.max_parts)
         limit = upload_limit(self.ctx.settings, policy)
         length = request.content_length
         if length is None:
@@ -199,19 +198,14 @@ class ResumableV2:
             raise PayloadTooLarge(f"file is larger than the limit of {limit} bytes")
         if not 1 <= length <= MAX_PART_BYTES:
             raise BadRequest(f"a part is 1..{MAX_PART_BYTES} bytes, not {length}")
-        try:
-            part = await self.parts.put_part(
-                session,
-                number,
-                request.content.iter_chunked(READ_CHUNK),
-                length,
-                limit=limit,
-                expected_md5=_content_md5(request),
-            )
-        except Exception:
-            while await request.content.read(READ_CHUNK):
-                pass
-            raise
+        part = await self.parts.put_part(
+            session,
+            number,
+            request.content.iter_chunked(READ_CHUNK),
+            length,
+            limit=limit,
+            expected_md5=_content_md5(request),
+        )
         return _json({"etag": part.etag, "md5": part.md5})
 
     async def complete(self, request: web.Request) -> web.Response:
@@ -269,8 +263,8 @@ class ResumableV2:
         """The parts so far: ``max-parts`` (≤ 1000) after ``part-number-marker``."""
         _, session = await self._session(request)
         query = request.query
-        limit = _query_int(query.get("max-parts", str(MAX_LIST)), "max-parts", 1, MAX_LIST)
-        marker = _query_int(query.get("part-number-marker", "0"), "part-number-marker", 0, 10**6)
+        limit = int_param(query.get("max-parts", str(MAX_LIST)), "max-parts", 1, MAX_LIST)
+        marker = int_param(query.get("part-number-marker", "0"), "part-number-marker", 0, 10**6)
         after = [p for p in await self.parts.list_parts(session) if p.number > marker]
         page = after[:limit]
         body = {
@@ -283,9 +277,3 @@ class ResumableV2:
             ],
         }
         return _json(body)
-
-
-def _query_int(text: str, name: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be an integer in {low}..{high}")
-    return int(text)

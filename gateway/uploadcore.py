@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from dora.config import Settings
-from dora.errors import FileExists, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from dora.errors import BadRequest, FileExists, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from dora.etag import EtagHasher
 from dora.gateway.context import GatewayContext, UploadedObject
 from dora.gateway.errors import request_id
@@ -57,6 +57,7 @@ __all__ = [
     "answer",
     "finish_upload",
     "hash_stream",
+    "int_param",
     "mime_allowed",
     "policy_from_header",
     "store_assembled",
@@ -91,6 +92,13 @@ async def policy_from_header(
     if vet and ctx.before_upload is not None:
         await ctx.before_upload(policy)
     return policy
+
+
+def int_param(text: str, name: str, low: int, high: int) -> int:
+    """A decimal integer from a path or query, in ``low..high`` (400 otherwise)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be an integer in {low}..{high}, got {text[:32]!r}")
+    return int(text)
 
 
 def upload_limit(settings: Settings, policy: UploadPolicy) -> int:

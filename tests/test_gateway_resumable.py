@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -110,8 +111,14 @@ async def client(make_client: MakeClient) -> Client:
 
 def put_file(client: Client, token: str, key: str | None, path: Path, version: str,
              **kwargs: Any) -> Awaitable[tuple[Any, Any]]:  # fmt: skip
-    """The SDK's put_file in a thread, pointed at the gateway, recording beside the file."""
-    kwargs.setdefault("upload_progress_recorder", qiniu.UploadProgressRecorder(str(path.parent)))
+    """The SDK's put_file in a thread, pointed at the gateway.
+
+    Each call records its progress apart unless told otherwise: a record
+    left by a failed upload would send the next one to that upload's host.
+    """
+    if "upload_progress_recorder" not in kwargs:
+        records = tempfile.mkdtemp(dir=path.parent)
+        kwargs["upload_progress_recorder"] = qiniu.UploadProgressRecorder(records)
     region = qiniu.Region(up_host=f"http://127.0.0.1:{client.port}")
     return asyncio.to_thread(
         qiniu.put_file, token, key, str(path), version=version, part_size=PART,
@@ -365,6 +372,9 @@ async def test_v1_chunks_offsets_and_answers(client: Client, store: LocalStore) 
 async def test_v1_refuses_malformed_blocks(client: Client) -> None:
     token = AUTH.upload_token("photos", "m.bin")
     assert (await mkblk(client, token, 4 * MiB + 1, b"x"))[0] == 400
+    for size in ("abc", "\u0661\u0662", "9" * 30, "-1"):
+        resp = await client.post(f"/mkblk/{size}", data=b"x", headers=up_token(token))
+        assert resp.status == 400, size
     assert (await mkblk(client, token, 100, b"x" * 101))[0] == 400
     status, small = await mkblk(client, token, 100, b"x" * 100)
     assert status == 200
