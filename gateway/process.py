@@ -75,14 +75,17 @@ class ChainRunner:
         self._sources = sources
 
     async def source(self, meta: ObjectMeta, chain: FopChain) -> bytes | str:
-        """The source for a chain: a local file path for audio/video ops (the
-        worker reads it in place), else the object's bytes (cached)."""
+        """The source for a chain: the object's local file path when the store
+        has one (the worker reads it in place: no copy through the gateway and
+        the RPC), else the object's bytes (cached)."""
         store = self._ctx.store
-        if any(self._ctx.catalog[s.op].kind == "av" for s in chain.stages):
-            path = store.local_path(meta.bucket, meta.key)
-            if path is not None:
-                return str(path)
         limit = self._ctx.settings.limits.max_source_bytes
+        is_av = any(self._ctx.catalog[s.op].kind == "av" for s in chain.stages)
+        if meta.size > limit and not is_av:
+            raise PayloadTooLarge(f"source is {meta.size} bytes; the limit is {limit}")
+        path = store.local_path(meta.bucket, meta.key)
+        if path is not None:
+            return str(path)
         if meta.size > limit:
             raise PayloadTooLarge(f"source is {meta.size} bytes; the limit is {limit}")
 
