@@ -15,8 +15,11 @@ at the edge (``raise BadRequest(...) from exc``)::
     ├── TooManyRequests (429)
     ├── ServiceUnavailable (503)
     ├── ProcessingFailed (599)         an op failed on valid-looking input
+    ├── NoSuchResource (612)           Qiniu's "no such ..." beyond a plain 404
+    │   ├── UnknownJob                 a persistentId that does not exist
+    │   └── NoSuchUpload               a resumable v2 uploadId that does not exist
     ├── FileExists (614)
-    └── UnknownJob (612)
+    └── UploadExpired (701)            a resumable v1 context expired or misplaced
 """
 
 from __future__ import annotations
@@ -100,9 +103,22 @@ class ProcessingFailed(DoraError):
     default_message = "processing failed"
 
 
-class UnknownJob(DoraError):
+class NoSuchResource(DoraError):
     status = 612
+    default_message = "no such resource"
+
+
+class UnknownJob(NoSuchResource):
     default_message = "no such job"
+
+
+class NoSuchUpload(NoSuchResource):
+    default_message = "no such uploadId"
+
+
+class UploadExpired(DoraError):
+    status = 701
+    default_message = "ctx expired or not for this chunk"
 
 
 class FileExists(DoraError):
@@ -123,8 +139,9 @@ _BY_STATUS: dict[int, type[DoraError]] = {
         TooManyRequests,
         ServiceUnavailable,
         ProcessingFailed,
-        UnknownJob,
+        NoSuchResource,
         FileExists,
+        UploadExpired,
     )
 }
 

@@ -69,7 +69,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except DoraError as exc:
-        if exc.status >= 500:
+        if 500 <= exc.status < 600:  # Qiniu's 6xx/7xx are the client's, not ours
             log.warning("reqid=%s %s %s -> %d %s", reqid, request.method, request.path,
                         exc.status, exc.message)  # fmt: skip
         return error_response(exc.status, exc.message, retry_after=exc.retry_after)

@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import IO
 
 from dora.config import Limits
-from dora.errors import BadRequest, DoraError, PayloadTooLarge, ServiceUnavailable
+from dora.errors import (
+    BadRequest,
+    DoraError,
+    NoSuchUpload,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UploadExpired,
+)
 from dora.storage.files import finish_in_thread, fsync_dir
 
 __all__ = [
@@ -72,20 +79,6 @@ LOCK_POLL = 0.02
 RETRY_AFTER = 10.0  # clients (urllib3 under the qiniu SDK) wait this long, then retry
 _ID = re.compile(r"[0-9a-f]{32}")
 _PART_FILE = re.compile(r"(\d{5})-([0-9a-f]{32})")
-
-
-class UploadExpired(DoraError):
-    """Qiniu's 701: a v1 ctx that expired, or that is not for this chunk."""
-
-    status = 701
-    default_message = "ctx expired or not for this chunk"
-
-
-class NoSuchUpload(DoraError):
-    """Qiniu's 612 for v2: the uploadId does not exist (any more)."""
-
-    status = 612
-    default_message = "no such uploadId"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -38,10 +38,10 @@ from typing import Any
 from aiohttp import web
 
 from dora.b64 import decode_text, urlsafe_b64decode, urlsafe_b64encode
-from dora.errors import BadRequest, PayloadTooLarge
+from dora.errors import BadRequest, PayloadTooLarge, UploadExpired
 from dora.etag import BLOCK_SIZE
 from dora.gateway.context import GatewayContext
-from dora.gateway.parts import PartStore, UploadExpired, read_files
+from dora.gateway.parts import PartStore, read_files
 from dora.gateway.uploadcore import (
     Assembled,
     UploadIntent,

@@ -30,12 +30,12 @@ from dora.auth import Credentials, KeyRing
 from dora.b64 import urlsafe_b64encode
 from dora.builtin_ops.catalog import BUILTIN_CATALOG
 from dora.config import Limits, Settings
-from dora.errors import NotFound, ServiceUnavailable
+from dora.errors import NoSuchUpload, NotFound, ServiceUnavailable, UploadExpired
 from dora.fop import Stage
 from dora.gateway.app import build_app
 from dora.gateway.context import GatewayContext
 from dora.gateway.jobs_wiring import with_jobs
-from dora.gateway.parts import NoSuchUpload, PartLimits, PartStore, UploadExpired
+from dora.gateway.parts import PartLimits, PartStore
 from dora.gateway.resumable_v1 import BlockCtx, decode_ctx, encode_ctx
 from dora.jobs import JobState
 from dora.jobstore import SqliteJobStore
