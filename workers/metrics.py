@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -126,6 +127,9 @@ class CallObserver:
         """A call arrived (admitted or about to be refused)."""
         src = req["src"]
         size = len(src["bytes"]) if "bytes" in src else 0
+        if "path" in src:  # a local object read in place: its size on disk
+            with contextlib.suppress(OSError):
+                size = os.stat(src["path"]).st_size
         names = [stage[0] for stage in req["stages"]]
         queued = not is_av_call(req["stages"])  # AV calls have threads of their own
         if queued:
