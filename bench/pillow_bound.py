@@ -5,7 +5,7 @@ For photo-like 1920×1080 and 4000×3000 JPEGs (deterministic, see
 
 - ``bound``: the same transformation written directly against Pillow, the
   floor for any Pillow-based server: JPEG DCT-scaled decode (``draft``), one
-  ``resize`` with a source box, JPEG q75 encode;
+  ``resize`` with a source box, q75 encode (JPEG, or WebP for ``format/webp``);
 - ``thumbnail``: what plain ``Image.thumbnail`` does (mode 2 only), a peer;
 - ``run_chain``: :func:`dora.builtin_ops.runner.run_chain` on the wire form
   of the same fop (parsing, limits, orientation, the op table included).
@@ -48,15 +48,16 @@ INPUTS = {"1920x1080": (1920, 1080, 1), "4000x3000": (4000, 3000, 2)}
 FOPS = ("imageView2/1/w/300/h/200", "imageView2/2/w/300/h/200")
 
 Transform = Callable[[bytes], bytes]
+PIL_FORMATS = {"jpg": "JPEG", "webp": "WEBP"}
 
 
-def _encode(image: Image.Image) -> bytes:
+def _encode(image: Image.Image, fmt: str = "jpg") -> bytes:
     buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=QUALITY)
+    image.save(buf, PIL_FORMATS[fmt], quality=QUALITY)
     return buf.getvalue()
 
 
-def bound_cover_crop(box_w: int, box_h: int, src: bytes) -> bytes:
+def bound_cover_crop(box_w: int, box_h: int, src: bytes, fmt: str = "jpg") -> bytes:
     """imageView2/1: cover ``box_w``×``box_h`` then centre-crop, straight on Pillow."""
     image = Image.open(io.BytesIO(src))
     width, height = image.size
@@ -73,17 +74,17 @@ def bound_cover_crop(box_w: int, box_h: int, src: bytes) -> bytes:
         (left + crop_w) * width / sx,
         (top + crop_h) * height / sy,
     )
-    return _encode(image.resize((crop_w, crop_h), FILTER, box=box, reducing_gap=REDUCING_GAP))
+    return _encode(image.resize((crop_w, crop_h), FILTER, box=box, reducing_gap=REDUCING_GAP), fmt)
 
 
-def bound_fit(box_w: int, box_h: int, src: bytes) -> bytes:
+def bound_fit(box_w: int, box_h: int, src: bytes, fmt: str = "jpg") -> bytes:
     """imageView2/2: fit inside ``box_w``×``box_h``, straight on Pillow."""
     image = Image.open(io.BytesIO(src))
     width, height = image.size
     scale = min(1.0, box_w / width, box_h / height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     image.draft("RGB", size)
-    return _encode(image.resize(size, FILTER, reducing_gap=REDUCING_GAP))
+    return _encode(image.resize(size, FILTER, reducing_gap=REDUCING_GAP), fmt)
 
 
 def thumbnail_fit(box_w: int, box_h: int, src: bytes) -> bytes:
@@ -94,21 +95,29 @@ def thumbnail_fit(box_w: int, box_h: int, src: bytes) -> bytes:
 
 
 def _view2_args(fop: str) -> tuple[int, int, int]:
-    """``imageView2/<mode>/w/<W>/h/<H>`` → (mode, W, H)."""
+    """``imageView2/<mode>/w/<W>/h/<H>[/format/<jpg|webp>]`` → (mode, W, H)."""
     parts = fop.split("/")
     args = dict(zip(parts[2::2], parts[3::2], strict=False))
     if parts[0] != "imageView2" or len(parts) < 2 or "w" not in args or "h" not in args:
         raise ValueError(f"the bound is written for imageView2/<mode>/w/<W>/h/<H>, not {fop!r}")
+    if set(args) - {"w", "h", "format"} or args.get("format", "jpg") not in PIL_FORMATS:
+        raise ValueError(f"the bound knows w, h and format/<jpg|webp> only, not {fop!r}")
     return int(parts[1]), int(args["w"]), int(args["h"])
 
 
+def _view2_format(fop: str) -> str:
+    parts = fop.split("/")
+    return dict(zip(parts[2::2], parts[3::2], strict=False)).get("format", "jpg")
+
+
 def bound_transform(fop: str) -> Transform:
-    """The pure-Pillow version of an imageView2 mode 1 or 2 fop."""
+    """The pure-Pillow version of an imageView2 mode 1 or 2 fop (JPEG or WebP out)."""
     mode, box_w, box_h = _view2_args(fop)
+    fmt = _view2_format(fop)
     if mode == 1:
-        return functools.partial(bound_cover_crop, box_w, box_h)
+        return functools.partial(bound_cover_crop, box_w, box_h, fmt=fmt)
     if mode == 2:
-        return functools.partial(bound_fit, box_w, box_h)
+        return functools.partial(bound_fit, box_w, box_h, fmt=fmt)
     raise ValueError(f"the bound is written for imageView2 modes 1 and 2, not {fop!r}")
 
 
@@ -129,7 +138,7 @@ def chain_transform(fop: str) -> Transform:
 def transforms(fop: str) -> dict[str, Transform]:
     chosen: dict[str, Transform] = {"bound": bound_transform(fop)}
     mode, box_w, box_h = _view2_args(fop)
-    if mode == 2:
+    if mode == 2 and _view2_format(fop) == "jpg":
         chosen["thumbnail"] = functools.partial(thumbnail_fit, box_w, box_h)
     chosen["run_chain"] = chain_transform(fop)
     return chosen
@@ -159,6 +168,25 @@ def measure_bound(photo: bytes, fop: str, seconds: float = 2.0) -> dict[str, Any
         "filter": FILTER.name,
         "quality": QUALITY,
     }
+
+
+def rate_round_robin(fop: str, photos: list[bytes], seconds: float) -> tuple[float, float]:
+    """(images/s, CPU share) of the bound of ``fop`` over ``photos`` in turn, one process.
+
+    The CPU share (process CPU time ÷ wall time) shows whether anything else
+    took this core during the measurement: 1.0 means it ran undisturbed.
+    """
+    transform = bound_transform(fop)
+    for photo in photos[:3]:
+        transform(photo)
+    count, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    deadline = start + seconds
+    while True:
+        transform(photos[count % len(photos)])
+        count += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - start), (time.process_time() - cpu_start) / (now - start)
 
 
 def _rate_in_child(args: tuple[str, str, str, float]) -> float:
