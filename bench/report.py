@@ -10,6 +10,7 @@ Reads whatever of ``peers.json``, ``bound.json``, ``overhead.json`` and
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,13 @@ def _stock(peers: dict[str, Any]) -> list[str]:
         if t["ENGINE_THREADPOOL_SIZE"]
         == peers["configuration"]["thumbor"]["engine_threadpool_size"]
     )
+
+    def matched(name: str) -> float:
+        rates = chosen["requests_per_s"][name]
+        return float(statistics.median(rates)) if isinstance(rates, list) else float(rates)
+
     pairs = ", ".join(
-        f"{name.split()[0]} {rate:.1f} req/s (matched: {chosen['requests_per_s'][name]:.1f})"
+        f"{name.split()[0]} {rate:.1f} req/s (matched settings: {matched(name):.1f})"
         for name, rate in stock["requests_per_s"].items()
     )
     return [
@@ -127,7 +133,8 @@ def _peers_section(peers: dict[str, Any]) -> list[str]:
         f"- Dora: {conf['dora']['workers']} workers, {conf['dora']['gateways']} gateway(s), "
         f"result cache {conf['dora']['result_cache']}",
         f"- thumbor: {conf['thumbor']['processes']} processes, ENGINE_THREADPOOL_SIZE="
-        f"{conf['thumbor']['engine_threadpool_size']} (best of "
+        f"{conf['thumbor']['engine_threadpool_size']} (best geometric mean, over "
+        f"{s.get('tune_sessions', 1)} sessions of 4 cases, of "
         f"{[t['ENGINE_THREADPOOL_SIZE'] for t in peers['tuning']['thumbor']['tried']]}), file "
         "loader, no storage, no result storage, quality 75, baseline JPEG, BICUBIC",
         *_stock(peers),

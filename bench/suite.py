@@ -40,7 +40,8 @@ FULL = {
     "objects": 64,
     "bound_seconds": 5.0,
     "tune_duration": 8.0,
-    "thumbor_threadpools": "0,1,2,4,8",
+    "tune_sessions": 2,
+    "thumbor_threadpools": "0,2,4,8",
     "dora_gateways": "1,2",
     "memory_seconds": 300.0,
     "memory_interval": 5.0,
@@ -53,6 +54,7 @@ QUICK = {
     "objects": 32,
     "bound_seconds": 1.0,
     "tune_duration": 2.0,
+    "tune_sessions": 1,
     "thumbor_threadpools": "0,2",
     "dora_gateways": "1,2",
     "memory_seconds": 20.0,
@@ -76,6 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--objects", type=int, help="distinct source photos per size (64)")
     parser.add_argument("--bound-seconds", type=float, help="per bound measurement (5)")
     parser.add_argument("--tune-duration", type=float, help="seconds per tuning run (8)")
+    parser.add_argument("--tune-sessions", type=int, help="sessions per tuned value (2)")
     parser.add_argument("--thumbor-threadpools", help="ENGINE_THREADPOOL_SIZE values to try")
     parser.add_argument("--dora-gateways", help="gateway process counts to try")
     parser.add_argument("--memory-seconds", type=float, help="mixed-load duration (300)")
@@ -187,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
             tune=_load_settings(args, args.tune_duration),
             thumbor_threadpools=_ints(args.thumbor_threadpools),
             dora_gateways=_ints(args.dora_gateways),
+            tune_sessions=args.tune_sessions,
         )
-        settings = {**common, "tune_duration_s": args.tune_duration, "bound_from": bound_started}
+        settings = {
+            **common,
+            "tune_duration_s": args.tune_duration,
+            "tune_sessions": args.tune_sessions,
+            "bound_from": bound_started,
+        }
         doc = header("peers", settings, peer_venv)
         doc.update(compare(servers, plan, run_dir, bound, cores))
         finish(doc, args.out / "peers.json")
