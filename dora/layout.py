@@ -9,6 +9,7 @@ same files through these functions, so the layout is written down once::
         keys.json         the access key pairs
         serve.json        the running supervisor's address and registry
         tmp/work/         outputs of audio/video calls before they are saved
+        tmp/dispatch.sock the dispatcher's wake-up socket (dora.wakeup)
         tmp/metrics/      Prometheus multiprocess files of every process
         tmp/uploads/      resumable uploads in progress (v1 blocks, v2 parts)
 """
@@ -24,6 +25,7 @@ JOBS_DB = "jobs.sqlite3"
 SERVE_STATE = "serve.json"
 WORK_DIR = Path("tmp") / "work"
 UPLOADS_DIR = Path("tmp") / "uploads"
+DISPATCH_SOCKET = Path("tmp") / "dispatch.sock"
 
 
 def buckets_root(settings: Settings) -> Path:
@@ -44,3 +46,8 @@ def work_root(settings: Settings) -> Path:
 def uploads_root(settings: Settings) -> Path:
     """Where resumable uploads keep their blocks and parts until completed."""
     return settings.data_dir.resolve() / UPLOADS_DIR
+
+
+def dispatch_socket_path(settings: Settings) -> Path:
+    """The dispatcher's wake-up socket, which job submitters signal (:mod:`dora.wakeup`)."""
+    return settings.data_dir.resolve() / DISPATCH_SOCKET

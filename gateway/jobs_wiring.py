@@ -31,7 +31,9 @@ from dora.gateway.submit import (
     persistent_ops_hook,
 )
 from dora.jobstore import JobStore
+from dora.layout import dispatch_socket_path
 from dora.ssrf import IPNetwork, allow_list, resolve_checked
+from dora.wakeup import Waker
 
 __all__ = ["add_job_routes", "ssrf_guard", "with_jobs"]
 
@@ -58,7 +60,12 @@ def _submitter(ctx: GatewayContext) -> JobSubmitter | None:
     if ctx.jobs is None:
         return None
     return JobSubmitter(
-        ctx.jobs, ctx.store, ctx.catalog, ctx.settings.limits, url_guard=ssrf_guard()
+        ctx.jobs,
+        ctx.store,
+        ctx.catalog,
+        ctx.settings.limits,
+        url_guard=ssrf_guard(),
+        wake=Waker(dispatch_socket_path(ctx.settings)),  # the dispatcher leases at once
     )
 
 

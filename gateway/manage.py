@@ -54,6 +54,8 @@ from dora.gateway.pfop import json_answer
 from dora.gateway.signed import parse_fields, signed_body
 from dora.jobs import Job, JobState, Pipeline
 from dora.jobstore import JobStore
+from dora.layout import dispatch_socket_path
+from dora.wakeup import Waker
 
 __all__ = ["ManagementApi", "job_json", "pipeline_json"]
 
@@ -120,6 +122,7 @@ class ManagementApi:
 
     def __init__(self, ctx: GatewayContext, jobs: JobStore | None) -> None:
         self._ctx = ctx
+        self._wake = Waker(dispatch_socket_path(ctx.settings))
         self._jobs = jobs
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -223,4 +226,6 @@ class ManagementApi:
 
     async def retry_job(self, request: web.Request) -> web.Response:
         jobs, _ = await self._signed(request)
-        return json_answer(job_json(await jobs.retry(request.match_info["id"])))
+        job = await jobs.retry(request.match_info["id"])
+        self._wake()  # queued again: the dispatcher leases it now, not at its next poll
+        return json_answer(job_json(job))

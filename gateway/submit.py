@@ -22,6 +22,9 @@ Checks, in order, each a precise error:
    After an upload the source was just stored, so this check is skipped;
 6. the pipeline has room: a full one is 429 with ``Retry-After`` (from the
    store).
+
+Once queued, the job's dispatcher is woken (``wake``, a
+:class:`dora.wakeup.Waker`: one datagram, never blocking, never failing).
 """
 
 from __future__ import annotations
@@ -128,8 +131,10 @@ class JobSubmitter:
         limits: Limits,
         *,
         url_guard: UrlGuard | None = None,
+        wake: Callable[[], object] | None = None,
     ) -> None:
         self.jobs = jobs
+        self._wake = wake  # tells the dispatcher a job was queued (see the module doc)
         self._store = store
         self._catalog = catalog
         self._limits = limits
@@ -195,7 +200,10 @@ class JobSubmitter:
             type=req.type,
             reqid=req.reqid,
         )
-        return await self.jobs.enqueue(spec)
+        job = await self.jobs.enqueue(spec)
+        if self._wake is not None:
+            self._wake()
+        return job
 
 
 def persistent_ops_check(submitter: JobSubmitter) -> BeforeUpload:

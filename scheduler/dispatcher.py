@@ -8,11 +8,17 @@ job runs in a task of its own (:class:`dora.scheduler.jobrun.JobRun`), and
 the :class:`dora.scheduler.notify.Notifier` delivers the callbacks of
 finished jobs from the store's outbox.
 
-When the queues are empty the loop looks again every ``poll_interval``
-seconds (jobs come from gateways in other processes). When a job had to be
-released for transient failures (no worker answers), leasing pauses for
-``release_pause`` seconds, doubling while releases go on, up to
-``max_release_pause``: there is no point taking jobs nobody can run.
+Jobs come from gateways in other processes. With a ``wake_path`` the
+dispatcher listens there (:class:`dora.wakeup.WakeListener`) and leases as
+soon as a submitter signals a new job; when the queues are empty it also
+looks again every ``poll_interval`` seconds, which is what finds the jobs
+no wake-up announced (a lost datagram, a socket another dispatcher took
+over, a path too long to bind).
+
+When a job had to be released for transient failures (no worker answers),
+leasing pauses for ``release_pause`` seconds, doubling while releases go
+on, up to ``max_release_pause``: there is no point taking jobs nobody can
+run.
 
 Shutdown (:meth:`Dispatcher.stop`, or cancelling :meth:`Dispatcher.run`)
 stops leasing, gives running jobs ``shutdown_grace`` seconds, then cancels
@@ -54,6 +60,7 @@ from dora.scheduler.jobrun import (
 from dora.scheduler.metrics import timed_run
 from dora.scheduler.notify import Notifier, NotifyPolicy
 from dora.storage.base import ObjectStore
+from dora.wakeup import WakeListener
 
 __all__ = ["DispatchPolicy", "Dispatcher", "NotifyPolicy", "Outcome", "sweep_work_root"]
 
@@ -105,6 +112,7 @@ class Dispatcher:
         catalog: Catalog = JOB_CATALOG,
         max_source_bytes: int = 20 * 1024 * 1024,
         max_item_keys: int = 10_000,
+        wake_path: Path | None = None,
     ) -> None:
         self.policy = policy or DispatchPolicy()
         self.owner = owner or default_owner()
@@ -128,6 +136,7 @@ class Dispatcher:
         self._pause_until = 0.0
         self._pause = 0.0
         self._entered = False
+        self._listener = WakeListener(wake_path, self.nudge) if wake_path is not None else None
 
     async def __aenter__(self) -> Self:
         if self._entered:
@@ -138,6 +147,8 @@ class Dispatcher:
         swept = await asyncio.to_thread(sweep_work_root, self.work_root, older)
         if swept:
             log.info("removed %d stale work directories", swept)
+        if self._listener is not None:
+            await self._listener.__aenter__()
         return self
 
     async def __aexit__(
@@ -147,6 +158,8 @@ class Dispatcher:
         tb: types.TracebackType | None,
     ) -> None:
         self.stop()
+        if self._listener is not None:
+            self._listener.close()
         await self._drain()
         await self.notifier.aclose()
 
@@ -161,7 +174,7 @@ class Dispatcher:
         self._wake.set()
 
     def nudge(self) -> None:
-        """Lease now rather than at the next poll (a job was just enqueued here)."""
+        """Lease now rather than at the next poll (a job was just enqueued)."""
         self._wake.set()
 
     async def run(self) -> None:

@@ -85,9 +85,10 @@ class DispatchPolicy:
     max_jobs: int = 8  # jobs running at once in this dispatcher
     lease_seconds: float = 15.0  # short: a dead runner's jobs come back soon
     heartbeat_interval: float = 3.0
-    # between leases while the queues are empty: jobs arrive from gateways in
-    # other processes, so this is the pickup delay of a new job (an idle lease is
-    # one small SQLite transaction)
+    # between leases while the queues are empty. Jobs arrive from gateways in
+    # other processes; those wake the dispatcher (dora.wakeup), so polling is
+    # the safety net, and without wake-ups it is the pickup delay of a new job
+    # (an idle lease is one small SQLite transaction)
     poll_interval: float = 0.2
     progress_interval: float = 2.0  # between progress writes of one item
     retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)  # transient failures of one item

@@ -2,7 +2,8 @@
 
 :func:`running_dispatcher` opens, in order, the job store
 (:func:`dora.layout.job_store_path`, the file the gateways
-enqueue into), the object
+enqueue into; they wake the dispatcher through
+:func:`dora.layout.dispatch_socket_path`), the object
 store (the gateway's buckets), the worker pool over the registry, and the
 :class:`~dora.scheduler.dispatcher.Dispatcher` running in a task; leaving
 it stops the dispatcher (running jobs get the grace period, then are
@@ -35,16 +36,22 @@ from dora import ssrf
 from dora.config import Settings, load_settings
 from dora.errors import DoraError
 from dora.jobstore import SqliteJobStore
-from dora.layout import buckets_root, job_store_path, work_root
+from dora.layout import buckets_root, dispatch_socket_path, job_store_path, work_root
 from dora.logs import setup_logging
 from dora.registry import Registry
 from dora.scheduler.dispatcher import Dispatcher, DispatchPolicy, NotifyPolicy
 from dora.storage.local import LocalStore
+from dora.wakeup import usable
 from dora.workers.calls import job_timeout
 from dora.workers.pool import WorkerPool
 from dora.workers.registry import ConsulRegistry
 
 log = logging.getLogger("dora.jobs")
+
+# Between looks at empty queues when submitters wake the dispatcher (the wake-up
+# socket's path fits): polling is then only the safety net, so it can be slow.
+# Without wake-ups the DispatchPolicy default (a short one) is the pickup delay.
+WOKEN_POLL_INTERVAL = 1.0
 
 
 def ssrf_allow(settings: Settings) -> tuple[ssrf.IPNetwork, ...]:
@@ -54,14 +61,18 @@ def ssrf_allow(settings: Settings) -> tuple[ssrf.IPNetwork, ...]:
 
 def dispatch_policy(settings: Settings) -> DispatchPolicy:
     """The dispatcher's policy from the settings (``job_lease_seconds`` sets the
-    lease; heartbeats come five times per lease)."""
+    lease; heartbeats come five times per lease; polling slows down when
+    submitters can wake the dispatcher)."""
     lease = settings.job_lease_seconds
-    return DispatchPolicy(
+    policy = DispatchPolicy(
         lease_seconds=lease,
         heartbeat_interval=lease / 5,
         job_timeout=job_timeout(settings.limits),
         shutdown_grace=settings.shutdown_grace,
     )
+    if usable(dispatch_socket_path(settings)):
+        policy = dataclasses.replace(policy, poll_interval=WOKEN_POLL_INTERVAL)
+    return policy
 
 
 @contextlib.asynccontextmanager
@@ -93,6 +104,7 @@ async def running_dispatcher(
                 allow=ssrf_allow(settings),
                 max_source_bytes=settings.limits.max_source_bytes,
                 max_item_keys=jobs.options.max_item_keys,
+                wake_path=dispatch_socket_path(settings),
             )
         )
         task = asyncio.create_task(dispatcher.run(), name="dispatcher")

@@ -5,7 +5,7 @@
 - :func:`ffmpeg_pids` finds the ffmpeg processes working on a path (to see
   that a cancel killed them);
 - :class:`NotifyReceiver` is an aiohttp server on 127.0.0.1 recording every
-  notify POST, which can fail the first N, or hang;
+  notify POST (with its arrival time), which can fail the first N, or hang;
 - :class:`DispatcherProcess` runs ``python -P -m dora.scheduler.jobserve``
   as a child process that a test can SIGKILL mid-job.
 """
@@ -93,6 +93,7 @@ class Received:
     content_type: str
     body: dict[str, Any]
     answered: int  # the status the receiver answered
+    at: float  # time.perf_counter() when the request reached the handler
 
 
 class NotifyReceiver:
@@ -139,13 +140,14 @@ class NotifyReceiver:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        at = time.perf_counter()
         body = await request.json()
         if self.hang:
-            self.received.append(Received(request.content_type, body, 0))
+            self.received.append(Received(request.content_type, body, 0, at))
             self.arrived.set()
             await asyncio.Event().wait()
         status = self.fail_status if len(self.received) < self.fail_first else 200
-        self.received.append(Received(request.content_type, body, status))
+        self.received.append(Received(request.content_type, body, status, at))
         self.arrived.set()
         return web.json_response({"ok": status == 200}, status=status)
 

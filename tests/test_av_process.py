@@ -95,13 +95,13 @@ def alive(pid: int) -> bool:
 def test_a_timeout_kills_ffmpeg(clip: Path, tmp_path: Path) -> None:
     heard: list[float] = []
     started = time.monotonic()
-    with pytest.raises(ProcessingFailed, match=r"avthumb: timed out after 1\.5 s") as caught:
+    with pytest.raises(ProcessingFailed, match=r"avthumb: timed out after 1 s") as caught:
         run_av(
             parse_stage(SLOW, AV_SPECS),
             str(clip),
             str(tmp_path),
             LIMITS,
-            timeout=1.5,
+            timeout=1.0,  # the whole run takes ~1.5 s on a quiet 2-core machine
             progress=heard.append,
         )
     assert caught.value.status == 599

@@ -170,6 +170,12 @@ async def test_sources_by_path_are_confined_and_bounded(
     with pytest.raises(Forbidden):  # no escaping through ..
         escape = str(data_dir / ".." / outside.parent.name / outside.name)
         output_from_response(await call(conn, [("imageView2", "2/w/64")], escape))
+    link = data_dir / "link.jpg"  # inside by name, outside in fact
+    link.symlink_to(outside)
+    with pytest.raises(Forbidden):
+        output_from_response(await call(conn, [("imageView2", "2/w/64")], str(link)))
+    with pytest.raises(Forbidden):  # missing and outside: refused, not "not found"
+        output_from_response(await call(conn, [("imageView2", "2/w/64")], str(outside) + ".x"))
     with pytest.raises(NotFound):
         output_from_response(await call(conn, [("imageView2", "2/w/64")], str(inside) + ".gone"))
     big = data_dir / "big.bin"

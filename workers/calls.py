@@ -54,6 +54,7 @@ from dora.layout import WORK_DIR
 from dora.ops import Output
 from dora.resources import ResourceResolver
 from dora.rpc import CallRequest, ErrorResponse, OkResponse, Source, error_response, ok_response
+from dora.storage.confine import fd_within, path_within
 from dora.workers.avchain import AvCall, ProgressSink, is_av_call, run_av_call
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,18 @@ def builtin_chain(resources: ResourceResolver) -> ChainFn:
 
 
 def read_source_file(path: str, root: Path | None, max_bytes: int) -> bytes:
-    """Read a path source, confined to ``root`` and bounded by ``max_bytes``."""
-    resolved = Path(path).resolve()
-    if root is not None and not resolved.is_relative_to(root):
-        raise Forbidden(f"source path {path!r} is outside the worker's data directory")
+    """Read a path source, confined to ``root`` (resolved) and bounded by ``max_bytes``."""
+    outside = f"source path {path!r} is outside the worker's data directory"
     try:
-        with resolved.open("rb") as handle:
+        with open(path, "rb") as handle:
+            if root is not None and not fd_within(handle.fileno(), path, str(root)):
+                raise Forbidden(outside)
             if os.fstat(handle.fileno()).st_size > max_bytes:
                 raise PayloadTooLarge(f"source larger than {max_bytes} bytes")
             data = handle.read(max_bytes + 1)  # the file may grow while we read
     except (FileNotFoundError, NotADirectoryError) as exc:
+        if root is not None and not path_within(path, str(root)):
+            raise Forbidden(outside) from exc
         raise NotFound(f"source path {path!r} does not exist") from exc
     except IsADirectoryError as exc:
         raise BadRequest(f"source path {path!r} is a directory") from exc

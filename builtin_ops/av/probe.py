@@ -10,6 +10,19 @@ ordinary demuxers allowed: a source that is itself a playlist or a concat
 script (HLS, ffconcat, DASH, SDP) could otherwise make ffmpeg read other
 files on the worker, such as other tenants' objects. Such a source is
 "invalid media" (400), as is anything ffprobe cannot read.
+
+Probes are remembered, per worker process, in a bounded LRU
+(:class:`ProbeCache`, :data:`PROBE_CACHE_ENTRIES` files): a job often runs
+several chains on one source (an mp4, a poster frame, an HLS set), each of
+which starts with a probe, and an ffprobe costs ~0.1 s however small the file,
+most of it loading ffprobe's shared libraries. An entry is keyed by the
+file's identity — real path, device, inode, size and mtime — so a source
+that is rewritten (the object store replaces files, a new inode) or touched
+is probed again; a file that changed while it was probed is not
+remembered. A remembered probe still honours the op's cancel and deadline.
+Failures are not remembered: a timeout or a cancel belongs to the call that
+hit it, not to the file, and an error's wording depends on the caller
+(``what``); a bad file fails its first chain anyway.
 """
 
 from __future__ import annotations
@@ -17,15 +30,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 from dora.builtin_ops.av.context import AvContext
-from dora.builtin_ops.av.process import run_process, summarise, tool
+from dora.builtin_ops.av.process import check_time, run_process, summarise, tool
 from dora.errors import BadRequest
 from dora.ops import Output
 
 JSON_MIME = "application/json"
+PROBE_CACHE_ENTRIES = 128  # files whose probe a worker process remembers
 
 # Demuxers an input may be read with: containers and raw streams that carry
 # their media inline, never a list of other files or URLs.
@@ -83,7 +100,7 @@ class AudioStream:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MediaInfo:
-    """What ffprobe found in one file."""
+    """What ffprobe found in one file (shared through the cache: read, never mutate)."""
 
     raw: Mapping[str, Any]  # ffprobe's JSON
     format_name: str
@@ -105,8 +122,76 @@ class MediaInfo:
         return rest if rest > 0 else None
 
 
+FileIdentity = tuple[str, int, int, int, int]  # real path, st_dev, st_ino, st_size, st_mtime_ns
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """What tells one version of a file from another; None if it cannot be stat'ed."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class ProbeCache:
+    """A bounded, thread-safe LRU of :class:`MediaInfo` by :func:`file_identity`."""
+
+    def __init__(self, entries: int = PROBE_CACHE_ENTRIES) -> None:
+        if entries < 1:
+            raise ValueError("a ProbeCache holds at least one entry")
+        self.entries = entries
+        self._items: OrderedDict[FileIdentity, MediaInfo] = OrderedDict()
+        self._lock = threading.Lock()  # ops run in the worker's threads
+
+    def __len__(self) -> int:
+        with self._lock:  # never the moment between an insert and its eviction
+            return len(self._items)
+
+    def get(self, identity: FileIdentity) -> MediaInfo | None:
+        """The remembered probe of this version of the file, if any."""
+        with self._lock:
+            info = self._items.get(identity)
+            if info is not None:
+                self._items.move_to_end(identity)
+            return info
+
+    def put(self, identity: FileIdentity, info: MediaInfo) -> None:
+        """Remember a probe, forgetting the least recently used beyond the bound."""
+        with self._lock:
+            self._items[identity] = info
+            self._items.move_to_end(identity)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+# The worker process's probes. Module state, as functools.lru_cache would be:
+# ops are plain functions called from the worker's threads, and a stale entry
+# cannot be served since the key is the file's identity.
+PROBES = ProbeCache()
+
+
 def probe(path: str, ctx: AvContext, *, what: str = "invalid media") -> MediaInfo:
-    """Probe ``path``; 400 ``"<what>: <reason>"`` if it is not media ffmpeg can read."""
+    """Probe ``path``; 400 ``"<what>: <reason>"`` if it is not media ffmpeg can read.
+
+    Remembered in :data:`PROBES` (see the module doc).
+    """
+    identity = file_identity(path)
+    if identity is not None and (known := PROBES.get(identity)) is not None:
+        check_time(ctx)  # a cancelled or late op stops here, as if ffprobe had run
+        return known
+    info = _probe(path, ctx, what)
+    if identity is not None and file_identity(path) == identity:
+        PROBES.put(identity, info)
+    return info
+
+
+def _probe(path: str, ctx: AvContext, what: str) -> MediaInfo:
     argv = [
         tool("ffprobe"),
         "-hide_banner",

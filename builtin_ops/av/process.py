@@ -98,7 +98,7 @@ def run_process(
     stdout is collected, up to ``stdout_limit`` bytes. ``cwd``: the directory
     relative names are in.
     """
-    _check_time(ctx)
+    check_time(ctx)
     try:
         proc = subprocess.Popen(
             list(argv),
@@ -122,7 +122,8 @@ def run_process(
         _kill_group(proc)
 
 
-def _check_time(ctx: AvContext) -> None:
+def check_time(ctx: AvContext) -> None:
+    """Raise 599 when the op was cancelled or its deadline has passed."""
     if ctx.cancelled:
         raise ProcessingFailed(f"{ctx.op}: cancelled")
     if ctx.remaining() <= 0:
@@ -145,7 +146,7 @@ def _communicate(
         selector.register(proc.stderr, selectors.EVENT_READ, "err")
         stragglers_killed = False
         while selector.get_map():
-            _check_time(ctx)
+            check_time(ctx)
             if not stragglers_killed and _leader_exited(proc):
                 # Whatever it left behind may hold the pipes open: end it, then drain.
                 _kill_stragglers(proc)
@@ -189,7 +190,7 @@ def _wait_for_exit(proc: subprocess.Popen[bytes], ctx: AvContext) -> int:
     pid, which is the group's id, cannot have been reused by then.
     """
     while not _leader_exited(proc):
-        _check_time(ctx)
+        check_time(ctx)
         time.sleep(min(0.01, max(ctx.remaining(), 0.0)))
     _kill_stragglers(proc)
     return proc.wait()

@@ -35,6 +35,7 @@ __all__ = [
     "meta_doc",
     "prune_empty_dirs",
     "read_meta_doc",
+    "read_meta_doc_stat",
     "walk_keys",
     "write_file_atomically",
 ]
@@ -125,11 +126,25 @@ def meta_doc(
 
 def read_meta_doc(path: Path) -> dict[str, Any] | None:
     """A metadata document, or None if missing or unreadable (to be rebuilt)."""
+    return read_meta_doc_stat(path)[0]
+
+
+def read_meta_doc_stat(path: Path) -> tuple[dict[str, Any] | None, os.stat_result | None]:
+    """A metadata document (None if missing or unreadable) and the ``fstat`` of
+    the file it was read from (None if there was no such file)."""
     try:
         with open(path, "rb") as source:
+            st = os.fstat(source.fileno())
             raw = source.read(MAX_META_BYTES)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None, None
+    return _checked_doc(raw), st
+
+
+def _checked_doc(raw: bytes) -> dict[str, Any] | None:
+    try:
         doc = json.loads(raw)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+    except ValueError:
         return None
     if not isinstance(doc, dict) or doc.get("v") != 1:
         return None

@@ -44,6 +44,7 @@ from typing import Any, Self
 from dora.config import Limits
 from dora.errors import BadRequest, FileExists, NotFound, PayloadTooLarge, ServiceUnavailable
 from dora.storage.base import DEFAULT_CHUNK, MAX_CHUNK, MAX_LIST_LIMIT, ByteStream, ObjectMeta
+from dora.storage.confine import O_PATH, RealDirs, fd_within, path_within
 from dora.storage.files import (
     FileChunks,
     TempObject,
@@ -52,16 +53,18 @@ from dora.storage.files import (
     hash_file,
     meta_doc,
     prune_empty_dirs,
-    read_meta_doc,
+    read_meta_doc_stat,
     walk_keys,
     write_file_atomically,
 )
 from dora.storage.keys import validate_bucket, validate_key
+from dora.storage.metacache import MetaCache, identity
 
 LOCK_STRIPES = 64
 STALE_TEMP_SECONDS = 3600.0  # a temp file idle this long belongs to a dead writer
 WRITE_BATCH = 256 * 1024  # coalesce small incoming chunks into one thread hop
 MAX_MIME_LENGTH = 255
+KNOWN_PATHS = 8192  # object paths remembered (see _paths)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +95,9 @@ class LocalStore:
         self._meta_root = self._root / ".meta"
         self._ready = False
         self._closed = False
+        self._real_dirs = RealDirs()
+        self._meta_cache: MetaCache[ObjectMeta] = MetaCache()
+        self._known_paths: dict[tuple[str, str], ObjectPaths] = {}
 
     # -- life cycle ---------------------------------------------------------
 
@@ -134,6 +140,17 @@ class LocalStore:
     # -- paths and locks ----------------------------------------------------
 
     def _paths(self, bucket: str, key: str) -> ObjectPaths:
+        """Where ``bucket:key`` lives (validated; 400 for a bad name). Remembered:
+        a hot object's paths are worked out once, not on every request."""
+        paths = self._known_paths.get((bucket, key))
+        if paths is None:
+            paths = self._work_out_paths(bucket, key)
+            if len(self._known_paths) >= KNOWN_PATHS:
+                self._known_paths.clear()  # crude, but bounded and rare
+            self._known_paths[(bucket, key)] = paths
+        return paths
+
+    def _work_out_paths(self, bucket: str, key: str) -> ObjectPaths:
         validate_bucket(bucket)
         validate_key(key, self._limits.max_key_bytes)
         segments = key.split("/")
@@ -161,11 +178,12 @@ class LocalStore:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _assert_within(path: Path, directory: Path) -> None:
-        """Refuse paths that symbolic links lead out of ``directory``."""
-        real, real_dir = os.path.realpath(path), os.path.realpath(directory)
-        if os.path.commonpath((real, real_dir)) != real_dir:
+    def _assert_within(self, path: Path, directory: Path, fd: int | None = None) -> None:
+        """Refuse paths that symbolic links lead out of ``directory`` (``fd``: the
+        file opened from ``path``, which is quicker to check)."""
+        real_dir = self._real_dirs(directory)
+        within = path_within(path, real_dir) if fd is None else fd_within(fd, path, real_dir)
+        if not within:
             raise BadRequest(f"path of {path.name!r} leads outside its bucket")
 
     def local_path(self, bucket: str, key: str) -> Path | None:
@@ -230,8 +248,6 @@ class LocalStore:
 
     def _load(self, paths: ObjectPaths, want_file: bool) -> tuple[ObjectMeta, io.FileIO | None]:
         """Metadata matching the data file (and that file, open, if wanted)."""
-        if not paths.bucket_dir.is_dir():
-            raise NotFound("no such bucket")
         loaded = self._try_load(paths, want_file, repair=False)
         if loaded is None:  # raced a commit or found crash leftovers: settle it under the lock
             with self._locked(paths):
@@ -242,26 +258,25 @@ class LocalStore:
     def _try_load(
         self, paths: ObjectPaths, want_file: bool, *, repair: bool
     ) -> tuple[ObjectMeta, io.FileIO | None] | None:
+        # O_PATH: enough to fstat the file and to ask the kernel where it is.
+        flags = (os.O_RDONLY if want_file else O_PATH) | os.O_CLOEXEC
+        try:
+            fd = os.open(paths.data, flags)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if not paths.bucket_dir.is_dir():
+                raise NotFound("no such bucket") from exc
+            raise NotFound(f"no such key: {paths.key!r}") from exc
         file = None
         try:
-            if want_file:
-                file = open(paths.data, "rb", buffering=0)  # noqa: SIM115 - handed to the caller
-                st = os.fstat(file.fileno())
-            else:
-                st = os.stat(paths.data)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            raise NotFound(f"no such key: {paths.key!r}") from exc
-        try:
+            st = os.fstat(fd)
             if not statmod.S_ISREG(st.st_mode):
                 raise NotFound(f"no such key: {paths.key!r}")
-            self._assert_within(paths.data, paths.bucket_dir)
-            doc = read_meta_doc(paths.meta)
-            if doc is not None and (doc["ino"], doc["size"], doc["mtime_ns"]) == (
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-            ):
-                return self._meta_from_doc(paths, doc), file
+            if want_file:
+                file = io.FileIO(fd, "rb")
+            self._assert_within(paths.data, paths.bucket_dir, fd)
+            meta = self._matching_meta(paths, st)
+            if meta is not None:
+                return meta, file
             if not repair:
                 if file is not None:
                     file.close()
@@ -269,8 +284,31 @@ class LocalStore:
             return self._rebuild_meta(paths, st), file
         except BaseException:
             if file is not None:
-                file.close()
+                file.close()  # and so the fd
             raise
+        finally:
+            if file is None:
+                os.close(fd)
+
+    def _matching_meta(self, paths: ObjectPaths, st: os.stat_result) -> ObjectMeta | None:
+        """The metadata recorded for the data file ``st`` describes, if any (cached
+        while both files stay the same: see :mod:`dora.storage.metacache`)."""
+        name = (paths.bucket, paths.key)
+        try:
+            meta_st = os.stat(paths.meta)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        cached = self._meta_cache.get(name, identity(st, meta_st))
+        if cached is not None:
+            return cached
+        doc, doc_st = read_meta_doc_stat(paths.meta)
+        if doc is None or doc_st is None:
+            return None
+        if (doc["ino"], doc["size"], doc["mtime_ns"]) != (st.st_ino, st.st_size, st.st_mtime_ns):
+            return None
+        meta = self._meta_from_doc(paths, doc)
+        self._meta_cache.put(name, identity(st, doc_st), meta)
+        return meta
 
     def _rebuild_meta(self, paths: ObjectPaths, st: os.stat_result) -> ObjectMeta:
         """Recompute metadata from the bytes (files placed by hand, crash leftovers)."""
@@ -409,6 +447,7 @@ class LocalStore:
             # Metadata first: data without metadata is repaired, the reverse would linger.
             paths.meta.unlink(missing_ok=True)
             paths.data.unlink(missing_ok=True)
+            self._meta_cache.forget((paths.bucket, paths.key))
         prune_empty_dirs(paths.data.parent, paths.bucket_dir)
         prune_empty_dirs(paths.meta.parent, paths.meta_dir)
 
