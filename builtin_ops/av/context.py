@@ -10,15 +10,31 @@ sees ``input`` where ffmpeg printed the worker's file name.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from dora.config import Limits
 from dora.errors import BadRequest
 
 ProgressSink = Callable[[float], None]
 UrlResolver = Callable[[str], str]
+
+
+class CancelFlag(Protocol):
+    """What tells an op to stop: a :class:`threading.Event`, or :class:`AnyOf` them."""
+
+    def is_set(self) -> bool: ...
+
+
+class AnyOf:
+    """Set as soon as any of its flags is (a run stopped by its caller or by its own logic)."""
+
+    def __init__(self, *flags: CancelFlag | None) -> None:
+        self._flags = [flag for flag in flags if flag is not None]
+
+    def is_set(self) -> bool:
+        return any(flag.is_set() for flag in self._flags)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,7 +45,7 @@ class AvContext:
     limits: Limits
     timeout: float  # seconds, for messages
     deadline: float  # time.monotonic() past which the op's processes are killed
-    cancel: threading.Event | None = None
+    cancel: CancelFlag | None = None
     progress: ProgressSink | None = None
     resolve_url: UrlResolver | None = None
     # (local path, public name) pairs replaced in every error message.
@@ -42,7 +58,7 @@ class AvContext:
         limits: Limits,
         timeout: float,
         *,
-        cancel: threading.Event | None = None,
+        cancel: CancelFlag | None = None,
         progress: ProgressSink | None = None,
         resolve_url: UrlResolver | None = None,
         scrub: tuple[tuple[str, str], ...] = (),

@@ -24,9 +24,9 @@ import tempfile
 
 from dora.builtin_ops.av.context import AvContext
 from dora.builtin_ops.av.formats import COPY, FORMATS
-from dora.builtin_ops.av.probe import probe
-from dora.builtin_ops.av.process import run_ffmpeg
-from dora.builtin_ops.av.transcode import check_output, plan_transcode
+from dora.builtin_ops.av.probe import MediaInfo
+from dora.builtin_ops.av.speculate import run_planned, speculative
+from dora.builtin_ops.av.transcode import Plan, check_output, plan_transcode
 from dora.errors import ProcessingFailed
 from dora.fop import Stage
 from dora.ops import Output
@@ -53,7 +53,6 @@ def hls(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
     """Slice ``src`` into ``<out_dir>/playlist.m3u8`` and its segments."""
     args = stage.args
     box = FORMATS["m3u8"]
-    info = probe(src, ctx)
     segtime = args.get("segtime", DEFAULT_SEGTIME)
     template = segment_template(args.get("pattern") or DEFAULT_PATTERN)
     base = base_url(args["domain"]) if "domain" in args else None
@@ -61,7 +60,6 @@ def hls(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
     key: bytes | None = args.get("hlsKey")
     key_written = False
     with tempfile.TemporaryDirectory(prefix="dora-av-") as work:
-        plan = plan_transcode(stage, info, src, box, ctx=ctx, work=work)
         muxer = [
             "-f",
             "hls",
@@ -77,9 +75,6 @@ def hls(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
             # Relative to out_dir (the cwd): ffmpeg expands % anywhere in this name.
             template,
         ]
-        if plan.video not in (None, COPY):
-            # Cut points fall on keyframes only: force one at every boundary.
-            muxer[:0] = ["-force_key_frames", f"expr:gte(t,n_forced*{segtime})"]
         if base is not None:
             muxer += ["-hls_base_url", base]
         if key is not None:
@@ -90,7 +85,27 @@ def hls(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
             info_path = os.path.join(work, "key.info")
             _write_private(info_path, f"{uri or KEY_FILE}\n{key_path}\n".encode())
             muxer += ["-hls_key_info_file", info_path]
-        run_ffmpeg([*plan.args(), *muxer, PLAYLIST], ctx, duration=plan.duration, cwd=out_dir)
+
+        def plan_for(info: MediaInfo) -> Plan:
+            return plan_transcode(stage, info, src, box, ctx=ctx, work=work)
+
+        def argv_of(plan: Plan) -> list[str]:
+            # Cut points fall on keyframes only: force one at every boundary.
+            keys = ["-force_key_frames", f"expr:gte(t,n_forced*{segtime})"]
+            forced = keys if plan.video not in (None, COPY) else []
+            return [*plan.args(), *forced, *muxer, PLAYLIST]
+
+        # ffmpeg may start before the probe answers (dora.builtin_ops.av.speculate)
+        plan = run_planned(
+            src,
+            ctx,
+            plan_for,
+            argv_of,
+            lambda plan: plan.duration,
+            speculate=speculative(stage, box.name),
+            out_dir=out_dir,
+            cwd=out_dir,
+        )
     check_output(playlist, ctx)
     segments = _segments(playlist, base)
     files = [PLAYLIST, *segments, *([KEY_FILE] if key_written else [])]

@@ -176,6 +176,12 @@ class ProbeCache:
 PROBES = ProbeCache()
 
 
+def remembered(path: str) -> MediaInfo | None:
+    """The remembered probe of this version of ``path``, without probing."""
+    identity = file_identity(path)
+    return PROBES.get(identity) if identity is not None else None
+
+
 def probe(path: str, ctx: AvContext, *, what: str = "invalid media") -> MediaInfo:
     """Probe ``path``; 400 ``"<what>: <reason>"`` if it is not media ffmpeg can read.
 

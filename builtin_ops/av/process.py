@@ -65,6 +65,7 @@ _WHITELIST = re.compile(r"Format not on whitelist '[^']*'")
 _NOISE = ("conversion failed!", "exiting normally", "error opening output files")
 
 LineSink = Callable[[bytes], None]
+Duration = float | Callable[[], float | None] | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -254,21 +255,24 @@ def failure(ctx: AvContext, name: str, done: Completed) -> DoraError:
 class _Progress:
     """Turns ffmpeg's ``key=value`` progress lines into percentages of ``duration``."""
 
-    def __init__(self, ctx: AvContext, duration: float | None) -> None:
+    def __init__(self, ctx: AvContext, duration: Duration) -> None:
         self._ctx = ctx
-        self._duration_us = duration * 1e6 if duration and duration > 0 else None
+        self._duration = duration
         self._last = -1.0
 
     def line(self, line: bytes) -> None:
         key, _, value = line.partition(b"=")
-        if key != b"out_time_us" or self._duration_us is None:
+        if key != b"out_time_us":
+            return
+        duration = self._duration() if callable(self._duration) else self._duration
+        if not duration or duration <= 0:
             return
         try:
             done_us = int(value)
         except ValueError:  # "N/A" before the first frame
             return
         # 100 is said once the output is complete and checked, not here.
-        percent = min(99.0, 100.0 * done_us / self._duration_us)
+        percent = min(99.0, 100.0 * done_us / (duration * 1e6))
         if percent >= self._last + 1.0:
             self._last = percent
             self._ctx.report(percent)
@@ -278,10 +282,11 @@ def run_ffmpeg(
     args: Sequence[str],
     ctx: AvContext,
     *,
-    duration: float | None = None,
+    duration: Duration = None,
     cwd: str | None = None,
 ) -> None:
-    """Run ffmpeg with ``args``, reporting progress against ``duration`` seconds of output."""
+    """Run ffmpeg with ``args``, reporting progress against ``duration`` seconds of
+    output (or a function answering it, once it is known)."""
     argv = [
         tool("ffmpeg"),
         "-hide_banner",

@@ -30,6 +30,7 @@ from dora.builtin_ops.av.formats import audio_encoder as pick_audio
 from dora.builtin_ops.av.formats import video_encoder as pick_video
 from dora.builtin_ops.av.probe import MediaInfo, input_args, probe
 from dora.builtin_ops.av.process import run_ffmpeg
+from dora.builtin_ops.av.speculate import run_planned, speculative
 from dora.errors import BadRequest, InvalidArgument, PayloadTooLarge
 from dora.fop import Stage
 from dora.ops import Output
@@ -240,16 +241,30 @@ def check_output(path: str, ctx: AvContext) -> None:
 def transcode(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
     """``avthumb/<format>`` into ``<out_dir>/avthumb.<ext>``."""
     box = container(stage.args["format"])
-    info = probe(src, ctx)
     name = f"{stage.op}.{box.ext}"
     out = os.path.join(out_dir, name)
+    tail = [*muxer_args(box), *size_limit(ctx), "-f", box.muxer, f"file:{out}"]
     with tempfile.TemporaryDirectory(prefix="dora-av-") as work:
-        plan = plan_transcode(stage, info, src, box, ctx=ctx, work=work)
-        if box.name == "gif" and plan.graph is not None:
-            _gif(plan, out, ctx, work)
-        else:
-            tail = [*muxer_args(box), *size_limit(ctx), "-f", box.muxer, f"file:{out}"]
-            run_ffmpeg([*plan.args(), *tail], ctx, duration=plan.duration)
+
+        def plan_for(info: MediaInfo) -> Plan:
+            return plan_transcode(stage, info, src, box, ctx=ctx, work=work)
+
+        if box.name == "gif":  # two passes when it draws the picture itself
+            plan = plan_for(probe(src, ctx))
+            if plan.graph is not None:
+                _gif(plan, out, ctx, work)
+            else:
+                run_ffmpeg([*plan.args(), *tail], ctx, duration=plan.duration)
+        else:  # ffmpeg may start before the probe answers (dora.builtin_ops.av.speculate)
+            plan = run_planned(
+                src,
+                ctx,
+                plan_for,
+                lambda plan: [*plan.args(), *tail],
+                lambda plan: plan.duration,
+                speculate=speculative(stage, box.name),
+                out_dir=out_dir,
+            )
     check_output(out, ctx)
     return Output(mime=box.mime, path=out, meta={**plan.meta, "files": [name]})
 
