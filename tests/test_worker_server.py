@@ -241,9 +241,9 @@ async def test_calls_beyond_the_inflight_bound_are_503_at_once(
 
 
 async def test_sigterm_drains_calls_in_flight_then_exits(
-    spawn: Callable[..., WorkerProcess],
+    spawn: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    proc = spawn()
+    proc = spawn(log_file=tmp_path / "worker.log")
     port = await proc.astart()
     c = await connect(port)
     slow = asyncio.create_task(call(c, [("debug-sleep", "2.0"), ("imageView2", "2/w/30")]))
@@ -259,6 +259,9 @@ async def test_sigterm_drains_calls_in_flight_then_exits(
     with pytest.raises(ConnectionLost):
         await ping(c)
     await c.aclose()
+    log = (tmp_path / "worker.log").read_text()
+    assert "drained" in log
+    assert " ERROR " not in log and "Traceback" not in log  # a quiet, orderly exit
 
 
 async def test_debug_ops_are_absent_unless_enabled(

@@ -90,9 +90,14 @@ def read_source_file(path: str, root: Path | None, max_bytes: int) -> bytes:
         with open(path, "rb") as handle:
             if root is not None and not fd_within(handle.fileno(), path, str(root)):
                 raise Forbidden(outside)
-            if os.fstat(handle.fileno()).st_size > max_bytes:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
                 raise PayloadTooLarge(f"source larger than {max_bytes} bytes")
-            data = handle.read(max_bytes + 1)  # the file may grow while we read
+            # One byte more than the file has: growth shows, and the buffer is no
+            # larger than needed (a max_bytes buffer costs page faults on every call).
+            data = handle.read(size + 1)
+            if len(data) > size:  # it grew since the fstat: read the rest, bounded
+                data += handle.read(max_bytes + 1 - len(data))
     except (FileNotFoundError, NotADirectoryError) as exc:
         if root is not None and not path_within(path, str(root)):
             raise Forbidden(outside) from exc

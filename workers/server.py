@@ -60,6 +60,7 @@ from dora.rpc import (
 from dora.workers.announce import Announcer
 from dora.workers.calls import Admitted, CallExecutor, builtin_chain
 from dora.workers.debug_ops import debug_ops_enabled, with_debug_ops
+from dora.workers.memory import tune_malloc
 from dora.workers.metrics import CallObserver, CallRecord
 from dora.workers.registry import ConsulRegistry
 
@@ -138,6 +139,11 @@ class WorkerServer:
         self._writers.add(writer)
         try:
             await self._serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise
+            # Our own shutdown cancelled it: end quietly. (Python 3.11's start_server
+            # callback would log a cancelled connection task as an unhandled error.)
         finally:
             self._writers.discard(writer)
             self._conn_tasks.discard(task)
@@ -349,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -P -m dora.workers.server``."""
     args = _arg_parser().parse_args(argv)
     setup_logging("worker")  # DORA_LOG_LEVEL, DORA_LOG_FORMAT=text|json
+    tune_malloc()  # image buffers stay in the heap between calls (dora.workers.memory)
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
         uvloop.run(serve(args, settings))

@@ -49,8 +49,10 @@ class WorkerProcess:
         instance_id: str | None = None,
         env: Mapping[str, str] | None = None,
         debug_ops: bool = True,
+        log_file: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.log_file = log_file  # the worker's stderr (its log), when given
         self.host = host
         self.port = 0
         self._args = [sys.executable, "-P", "-m", "dora.workers.server", "--host", host]
@@ -77,7 +79,13 @@ class WorkerProcess:
         """Start and block until ``READY <port>``; return the port."""
         if self._proc is not None:
             raise RuntimeError("a WorkerProcess starts once")
-        self._proc = subprocess.Popen(self._args, stdout=subprocess.PIPE, env=self._env)
+        if self.log_file is None:
+            self._proc = subprocess.Popen(self._args, stdout=subprocess.PIPE, env=self._env)
+        else:
+            with self.log_file.open("ab") as log:
+                self._proc = subprocess.Popen(
+                    self._args, stdout=subprocess.PIPE, stderr=log, env=self._env
+                )
         self.port = self._wait_ready(within)
         return self.port
 
