@@ -219,51 +219,63 @@ def compose(
         ratio = dora_rps / peer_rps if peer_rps > 0 else None
         out_d, out_t = outputs[("dora", scenario.name)], outputs[("thumbor", scenario.name)]
         pixels = psnr(out_d.pop("_first"), out_t.pop("_first"))
-        per_core = bound.get(scenario.name)
-        efficiency = dora_rps / (per_core * cores) if per_core else None
-        # load-independent view: the bound's CPU per image over Dora's CPU per request
-        dora_cpu = dora["server_cpu_ms_per_request"]["median"]
-        peer_cpu = peer["server_cpu_ms_per_request"]["median"]
-        bound_ms = 1000 / per_core if per_core else None
-        cpu_efficiency = bound_ms / dora_cpu if bound_ms and dora_cpu else None
-        # the ratio Dora would reach if it spent exactly the bound's CPU per image
-        # and thumbor kept its own: what any Pillow-based server could claim at most
-        ceiling = peer_cpu / bound_ms if bound_ms else None
-        rows.append(
-            {
-                "scenario": scenario.name,
-                "label": scenario.label,
-                "source": scenario.source,
-                "source_size": list(SOURCES[scenario.source]),
-                "kind": scenario.kind,
-                "format": scenario.fmt,
-                "dora_fop": scenario.dora_fop,
-                "thumbor_op": scenario.thumbor_op,
-                "dora": dora,
-                "thumbor": peer,
-                "dora_cpu_ms_per_request_by_role": _by_role(dora_runs),
-                "ratio": round(ratio, 2) if ratio is not None else None,
-                "ratio_target": scenario.ratio_target,
-                "ratio_pass": _verdict(ratio, scenario.ratio_target),
-                "bound_img_per_s_per_core": per_core,
-                "efficiency": round(efficiency, 3) if efficiency is not None else None,
-                "efficiency_target": scenario.efficiency_target,
-                "efficiency_pass": _verdict(efficiency, scenario.efficiency_target),
-                "cpu_efficiency": round(cpu_efficiency, 3) if cpu_efficiency else None,
-                "bound_ms_per_img": round(bound_ms, 2) if bound_ms else None,
-                "dora_overhead_ms_per_request": round(dora_cpu - bound_ms, 2) if bound_ms else None,
-                "ratio_ceiling_at_bound": round(ceiling, 2) if ceiling else None,
-                "outputs": {
-                    "dora": out_d,
-                    "thumbor": out_t,
-                    "dimensions_equal": out_d["dimensions"] == out_t["dimensions"],
-                    "psnr_dora_vs_thumbor_db": round(pixels, 1),
-                },
-                "dora_runs": dora_runs,
-                "thumbor_runs": peer_runs,
-            }
-        )
+        row = {
+            "scenario": scenario.name,
+            "label": scenario.label,
+            "source": scenario.source,
+            "source_size": list(SOURCES[scenario.source]),
+            "kind": scenario.kind,
+            "format": scenario.fmt,
+            "dora_fop": scenario.dora_fop,
+            "thumbor_op": scenario.thumbor_op,
+            "dora": dora,
+            "thumbor": peer,
+            "dora_cpu_ms_per_request_by_role": _by_role(dora_runs),
+            "ratio": round(ratio, 2) if ratio is not None else None,
+            "ratio_target": scenario.ratio_target,
+            "ratio_pass": _verdict(ratio, scenario.ratio_target),
+            "efficiency_target": scenario.efficiency_target,
+            "outputs": {
+                "dora": out_d,
+                "thumbor": out_t,
+                "dimensions_equal": out_d["dimensions"] == out_t["dimensions"],
+                "psnr_dora_vs_thumbor_db": round(pixels, 1),
+            },
+            "dora_runs": dora_runs,
+            "thumbor_runs": peer_runs,
+        }
+        row.update(bound_fields(row, bound.get(scenario.name), cores))
+        rows.append(row)
     return rows
+
+
+def bound_fields(row: dict[str, Any], per_core: float | None, cores: int) -> dict[str, Any]:
+    """A scenario row's figures against the Pillow bound (``per_core`` img/s)."""
+    dora_rps = row["dora"]["requests_per_s"]["median"]
+    efficiency = dora_rps / (per_core * cores) if per_core else None
+    # load-independent view: the bound's CPU per image over Dora's CPU per request
+    dora_cpu = row["dora"]["server_cpu_ms_per_request"]["median"]
+    peer_cpu = row["thumbor"]["server_cpu_ms_per_request"]["median"]
+    bound_ms = 1000 / per_core if per_core else None
+    cpu_efficiency = bound_ms / dora_cpu if bound_ms and dora_cpu else None
+    # the ratio Dora would reach if it spent exactly the bound's CPU per image
+    # and thumbor kept its own: what any Pillow-based server could claim at most
+    ceiling = peer_cpu / bound_ms if bound_ms else None
+    return {
+        "bound_img_per_s_per_core": round(per_core, 1) if per_core else None,
+        "efficiency": round(efficiency, 3) if efficiency is not None else None,
+        "efficiency_pass": _verdict(efficiency, row["efficiency_target"]),
+        "cpu_efficiency": round(cpu_efficiency, 3) if cpu_efficiency else None,
+        "bound_ms_per_img": round(bound_ms, 2) if bound_ms else None,
+        "dora_overhead_ms_per_request": round(dora_cpu - bound_ms, 2) if bound_ms else None,
+        "ratio_ceiling_at_bound": round(ceiling, 2) if ceiling else None,
+    }
+
+
+def rebound(doc: dict[str, Any], bound: dict[str, float], cores: int) -> None:
+    """Recompute every row's bound figures of a ``peers`` document from ``bound``."""
+    for row in doc["scenarios"]:
+        row.update(bound_fields(row, bound.get(row["scenario"]), cores))
 
 
 def compare(

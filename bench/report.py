@@ -192,6 +192,15 @@ def _peers_section(peers: dict[str, Any]) -> list[str]:
         "bound's, and each server's (all its processes) per request. The last column is "
         "the ceiling of the ratio: thumbor's CPU per request over the bound's, the "
         "Dora/thumbor ratio of a server that spent nothing beyond pure Pillow.",
+        *(
+            [
+                "",
+                f"The bound used is the {peers['settings']['bound_used']}: the machine's "
+                "speed drifts over a long run (see the bound's two measurements below).",
+            ]
+            if peers["settings"].get("bound_used")
+            else []
+        ),
         "",
     ]
     lines += [
@@ -238,6 +247,18 @@ def _bound_section(bound: dict[str, Any]) -> list[str]:
             f"| {row['ms_per_img']} | {row['img_per_s_all_cores_at_once']} "
             f"| {row['dora_run_chain_img_per_s_per_core']} ({row['run_chain_vs_bound']:.0%}) |"
         )
+    after = bound.get("after")
+    if after:
+        lines += [
+            "",
+            f"Measured again after the comparison ({after['started']}), img/s per core: "
+            + ", ".join(
+                f"`{row['fop']}` {row['scenario'].split()[-1]} "
+                f"{row['img_per_s_per_core']['median']:.1f}"
+                for row in after["scenarios"]
+            )
+            + ".",
+        ]
     return lines
 
 
