@@ -67,11 +67,23 @@ def failed_job(srv: Served) -> str:
     return job_id
 
 
+def settled_report(data_dir: Path) -> dict[str, Any]:
+    """``status --json`` once the supervisor's sampled instance counts (copied
+    every second: SAMPLE_EVERY) show every worker it started as running."""
+    give_up = time.monotonic() + 15
+    while True:
+        done = status(data_dir, "--json")
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        builtin = report["services"].get("dora-builtin", {})
+        if builtin.get("running") == builtin.get("desired") or time.monotonic() > give_up:
+            return report
+        time.sleep(0.2)
+
+
 def test_status_json_shows_workers_pipelines_and_failures(served: Served) -> None:
-    job_id = failed_job(served)
-    done = status(served.data_dir, "--json")
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
+    job_id = failed_job(served)  # picked up at once: it may end before the first sample
+    report = settled_report(served.data_dir)
     assert report["running"] is True and report["errors"] == []
     assert report["url"] == served.url and report["registry"] == served.registry
     workers = report["workers"]
