@@ -178,3 +178,16 @@ def test_cancelling_a_speculative_run_stops_ffmpeg_and_the_probe(
         _run("avthumb/webm", long_clip, tmp_path / "out", cancel=cancel)
     assert time.monotonic() - started < 5.0
     assert all(r.end > 0 for r in runs)  # every tool it started has ended
+
+
+def test_vframe_starts_before_the_probe_ends_and_checks_the_offset(
+    clip: Path, tmp_path: Path, runs: list[Started]
+) -> None:
+    output = _run("vframe/jpg/offset/1/w/160", clip, tmp_path / "out")
+    probe_run = next(r for r in runs if r.tool == "ffprobe")
+    ffmpeg_run = next(r for r in runs if r.tool == "ffmpeg")
+    assert ffmpeg_run.start < probe_run.end
+    assert output.body[:2] == b"\xff\xd8" and output.mime == "image/jpeg"
+    with pytest.raises(BadRequest, match="past the end"):
+        _run("vframe/jpg/offset/30", clip, tmp_path / "late")
+    assert os.listdir(tmp_path / "late") == []

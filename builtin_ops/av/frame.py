@@ -11,12 +11,14 @@ of ``w``/``h`` keeps the aspect ratio, both give exactly that size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
 from dora.builtin_ops.av.context import AvContext
 from dora.builtin_ops.av.filters import VideoChain, video_graph
-from dora.builtin_ops.av.probe import input_args, probe
+from dora.builtin_ops.av.probe import MediaInfo, input_args
 from dora.builtin_ops.av.process import run_ffmpeg
+from dora.builtin_ops.av.speculate import run_planned
 from dora.errors import BadRequest, InvalidArgument
 from dora.fop import Stage
 from dora.ops import Output
@@ -31,30 +33,30 @@ def vframe(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
     args = stage.args
     fmt: str = args["format"]
     offset: float = args["offset"]
-    info = probe(src, ctx)
-    if info.video is None:
-        raise BadRequest(f"{stage.op}: the source has no video stream")
-    if info.duration is not None and offset >= info.duration:
-        raise InvalidArgument(
-            stage.op, "offset", f"{offset:g} s is past the end ({info.duration:.3f} s)"
-        )
-    rotate = args.get("rotate", "auto")
-    width, height = args.get("w"), args.get("h")
-    size = (width or -1, height or -1) if width or height else None
-    chain = VideoChain(
-        rotate=int(rotate) if rotate != "auto" else 0,
-        size=size,
-        pix_fmt="yuvj420p" if fmt == "jpg" else "rgb24",
-    )
     out = os.path.join(out_dir, f"{stage.op}.{fmt}")
-    codec = ["-c:v", "mjpeg", "-q:v", "2"] if fmt == "jpg" else ["-c:v", "png"]
-    graph = video_graph(chain, f"0:{info.video.index}")
-    # -update 1: one image file, overwritten by every frame written.
-    tail = ["-filter_complex", graph, "-map", "[vout]", *codec, "-update", "1", "-f", "image2"]
-    tail.append(f"file:{out}")
+
+    def plan_for(info: MediaInfo) -> _Plan:
+        if info.video is None:
+            raise BadRequest(f"{stage.op}: the source has no video stream")
+        if info.duration is not None and offset >= info.duration:
+            raise InvalidArgument(
+                stage.op, "offset", f"{offset:g} s is past the end ({info.duration:.3f} s)"
+            )
+        return _Plan(info, _tail(stage, fmt, f"0:{info.video.index}", out))
+
     with contextlib.suppress(FileNotFoundError):
         os.unlink(out)
-    run_ffmpeg([*input_args(src, seek=offset), "-frames:v", "1", *tail], ctx)
+    # ffmpeg may start before the probe answers (dora.builtin_ops.av.speculate)
+    plan = run_planned(
+        src,
+        ctx,
+        plan_for,
+        lambda plan: [*input_args(src, seek=offset), "-frames:v", "1", *plan.tail],
+        lambda plan: None,
+        speculate=True,
+        out_dir=out_dir,
+    )
+    info, tail = plan.info, plan.tail
     if _size(out) == 0 and info.duration is not None:
         # Past the last frame's timestamp but before the end: every frame from a
         # little earlier overwrites the file, and the last one stays.
@@ -68,6 +70,30 @@ def vframe(stage: Stage, src: str, out_dir: str, ctx: AvContext) -> Output:
     finally:
         os.unlink(out)
     return Output(mime=MIME[fmt], body=body, meta={"format": fmt, "offset": offset})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    info: MediaInfo
+    tail: list[str]  # the arguments after the input's
+
+
+def _tail(stage: Stage, fmt: str, source: str, out: str) -> list[str]:
+    """Filters, encoder and output of the frame (``source``: its stream)."""
+    args = stage.args
+    rotate = args.get("rotate", "auto")
+    width, height = args.get("w"), args.get("h")
+    size = (width or -1, height or -1) if width or height else None
+    chain = VideoChain(
+        rotate=int(rotate) if rotate != "auto" else 0,
+        size=size,
+        pix_fmt="yuvj420p" if fmt == "jpg" else "rgb24",
+    )
+    codec = ["-c:v", "mjpeg", "-q:v", "2"] if fmt == "jpg" else ["-c:v", "png"]
+    graph = video_graph(chain, source)
+    # -update 1: one image file, overwritten by every frame written.
+    tail = ["-filter_complex", graph, "-map", "[vout]", *codec, "-update", "1", "-f", "image2"]
+    return [*tail, f"file:{out}"]
 
 
 def _size(path: str) -> int:
