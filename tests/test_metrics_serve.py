@@ -99,6 +99,7 @@ def test_requests_worker_calls_and_state_from_every_process(served: Served) -> N
             set(by_label(s, "dora_worker_inflight", "instance")) == ids
             and set(by_label(s, "dora_pool_inflight", "instance")) == ids
             and value(s, "dora_gateway_processes") == 2
+            and value(s, "dora_instances", service="dora-builtin", kind="running") == 2
             and value(s, "dora_cache_misses_total", cache="result") == 5
             and not any(by_label(s, "dora_worker_inflight", "instance").values())  # all done
         )
