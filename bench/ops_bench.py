@@ -41,13 +41,10 @@ from typing import Any
 import PIL
 from images import make_photo_jpeg
 from PIL import Image, ImageDraw, ImageFont
+from pillow_bound import chain_transform
 
-from dora.builtin_ops.catalog import BUILTIN_CATALOG
 from dora.builtin_ops.image import text as dora_text
 from dora.builtin_ops.image.resample import REDUCING_GAP, RESAMPLE
-from dora.builtin_ops.runner import run_chain
-from dora.config import Limits
-from dora.fop import parse_fops
 
 QUALITY = 75
 TARGET_RATIO = 0.8
@@ -175,16 +172,8 @@ def bound_runner(case: OpCase, size: tuple[int, int]) -> Callable[[bytes], bytes
 
 
 def dora_runner(case: OpCase) -> Callable[[bytes], bytes]:
-    """Dora's op runner on ``case``'s fop (parsed once, as a worker's cache would)."""
-    stages = parse_fops(case.fop, BUILTIN_CATALOG).stages
-    limits = Limits()
-
-    def run(src: bytes) -> bytes:
-        body = run_chain(stages, src, limits).body
-        assert body is not None
-        return body
-
-    return run
+    """Dora's op runner on ``case``'s fop."""
+    return chain_transform(case.fop)
 
 
 def time_paired(

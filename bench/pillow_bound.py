@@ -38,8 +38,10 @@ import PIL
 from images import make_photo_jpeg
 from PIL import Image, ImageChops
 
-from dora.builtin_ops.runner import parse_wire_stages, run_chain
+from dora.builtin_ops.catalog import BUILTIN_CATALOG
+from dora.builtin_ops.runner import run_chain
 from dora.config import Limits
+from dora.fop import parse_fops
 
 FILTER = Image.Resampling.BICUBIC
 REDUCING_GAP = 2.0
@@ -122,9 +124,8 @@ def bound_transform(fop: str) -> Transform:
 
 
 def chain_transform(fop: str) -> Transform:
-    """Dora's :func:`run_chain` on the RPC wire form of ``fop``."""
-    op, _, argtext = fop.partition("/")
-    stages = parse_wire_stages([[op, argtext]])
+    """Dora's :func:`run_chain` on ``fop`` (parsed once, as a worker's cache would)."""
+    stages = parse_fops(fop, BUILTIN_CATALOG).stages
     limits = Limits()
 
     def run(src: bytes) -> bytes:

@@ -40,10 +40,15 @@ def _title(doc: dict[str, Any], what: str) -> str:
     return f"{what} — {doc['date']}, {m['cores']} cores ({m['cpu_model']})"
 
 
+def _labels(rows: list[dict[str, Any]]) -> list[str]:
+    """Scenario labels for the x axis, the source size on a line of its own."""
+    return [r["label"].replace(" 1920x1080", "\n1920×1080").replace(" 4000x3000", "\n4000×3000")
+            for r in rows]  # fmt: skip
+
+
 def throughput(peers: dict[str, Any], out: Path) -> None:
     rows = peers["scenarios"]
-    labels = [r["label"].replace(" 1920x1080", "\n1920×1080").replace(" 4000x3000", "\n4000×3000")
-              for r in rows]  # fmt: skip
+    labels = _labels(rows)
     xs = range(len(rows))
     width = 0.38
     fig, ax = plt.subplots(figsize=(12, 5.5))
@@ -75,8 +80,7 @@ def throughput(peers: dict[str, Any], out: Path) -> None:
 
 def latency(peers: dict[str, Any], out: Path) -> None:
     rows = peers["scenarios"]
-    labels = [r["label"].replace(" 1920x1080", "\n1920×1080").replace(" 4000x3000", "\n4000×3000")
-              for r in rows]  # fmt: skip
+    labels = _labels(rows)
     xs = range(len(rows))
     width = 0.2
     fig, ax = plt.subplots(figsize=(12, 5.5))

@@ -65,8 +65,13 @@ def _submitter(ctx: GatewayContext) -> JobSubmitter | None:
         ctx.catalog,
         ctx.settings.limits,
         url_guard=ssrf_guard(),
-        wake=Waker(dispatch_socket_path(ctx.settings)),  # the dispatcher leases at once
+        wake=_waker(ctx),
     )
+
+
+def _waker(ctx: GatewayContext) -> Waker:
+    """Tells the dispatcher a job was queued, so that it leases it at once."""
+    return Waker(dispatch_socket_path(ctx.settings))
 
 
 def with_jobs(ctx: GatewayContext, jobs: JobStore) -> GatewayContext:
@@ -84,4 +89,4 @@ def with_jobs(ctx: GatewayContext, jobs: JobStore) -> GatewayContext:
 def add_job_routes(router: web.UrlDispatcher, ctx: GatewayContext) -> None:
     """Add ``/pfop``, ``/status/get/prefop`` and ``/v1/...``; before the catch-all."""
     PfopApi(ctx, _submitter(ctx)).add_routes(router)
-    ManagementApi(ctx, ctx.jobs).add_routes(router)
+    ManagementApi(ctx, ctx.jobs, wake=_waker(ctx)).add_routes(router)

@@ -54,8 +54,6 @@ from dora.gateway.pfop import json_answer
 from dora.gateway.signed import parse_fields, signed_body
 from dora.jobs import Job, JobState, Pipeline
 from dora.jobstore import JobStore
-from dora.layout import dispatch_socket_path
-from dora.wakeup import Waker
 
 __all__ = ["ManagementApi", "job_json", "pipeline_json"]
 
@@ -120,9 +118,15 @@ def _state(text: str) -> JobState | None:
 class ManagementApi:
     """The ``/v1`` handlers of one gateway (``jobs`` None: jobs are off, 503)."""
 
-    def __init__(self, ctx: GatewayContext, jobs: JobStore | None) -> None:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        jobs: JobStore | None,
+        *,
+        wake: Callable[[], object] | None = None,
+    ) -> None:
         self._ctx = ctx
-        self._wake = Waker(dispatch_socket_path(ctx.settings))
+        self._wake = wake  # tells the dispatcher a retried job is queued again
         self._jobs = jobs
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -227,5 +231,6 @@ class ManagementApi:
     async def retry_job(self, request: web.Request) -> web.Response:
         jobs, _ = await self._signed(request)
         job = await jobs.retry(request.match_info["id"])
-        self._wake()  # queued again: the dispatcher leases it now, not at its next poll
+        if self._wake is not None:  # queued again: leased now, not at the next poll
+            self._wake()
         return json_answer(job_json(job))

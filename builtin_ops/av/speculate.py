@@ -90,9 +90,8 @@ def run_planned(
     (module doc). ``out_dir``: where ffmpeg writes; files it wrote there on a
     wrong guess are removed before the real run.
     """
-    known = remembered(src)
-    if known is not None or not speculate:
-        plan = plan_for(known if known is not None else probe(src, ctx))
+    if not speculate or remembered(src) is not None:  # probe() answers from its cache
+        plan = plan_for(probe(src, ctx))
         run_ffmpeg(argv_of(plan), ctx, duration=duration_of(plan), cwd=cwd)
         return plan
     try:
